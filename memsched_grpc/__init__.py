@@ -1,0 +1,3 @@
+"""memsched: MemOS's MemScheduler as a standalone gRPC service."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,196 @@
+"""Configuration: embedded defaults, then a YAML file, then MEMSCHED_* environment variables (highest).
+
+An unknown key anywhere (file or environment) is an error that names it: MemOS silently ignored
+configuration keys its documentation promised, and users only learnt it from the behaviour.
+"""
+
+from __future__ import annotations
+
+import os
+from contextvars import ContextVar
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from memsched_grpc.errors import ConfigError
+from memsched_grpc.models import MemoryCapacities
+
+ENV_PREFIX = "MEMSCHED_"
+_yaml_file: ContextVar[Path | None] = ContextVar("memsched_yaml_file", default=None)
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ServerConfig(Section):
+    address: str = "127.0.0.1:50051"
+    """host:port to listen on; port 0 picks a free port."""
+    max_stream_threads: int = Field(default=64, ge=2)
+    """Threads serving RPCs; one is held per live stream (sync gRPC)."""
+    max_concurrent_rpcs: int = Field(default=256, ge=1)
+    """RPCs beyond this get RESOURCE_EXHAUSTED instead of queueing silently."""
+    max_receive_message_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
+    grace_seconds: float = Field(default=10.0, ge=0)
+    """How long in-flight RPCs may finish on shutdown."""
+    allow_public_without_auth: bool = False
+    """Explicit consent to listen on a non-loopback address (there is no authentication yet)."""
+
+
+class StorageConfig(Section):
+    data_dir: Path = Path("memsched-data")
+    map_size_mb: int = Field(default=256, ge=1)
+    """Initial LMDB map size per environment; it grows by itself when full."""
+    shards: int = Field(default=8, ge=1, le=256)
+    """Cube partitions are spread over this many LMDB environments; fixed when the data dir is created."""
+    history_per_cube: int = Field(default=1000, ge=1)
+    """Log items kept per cube for replay."""
+    sync: bool = True
+    """fsync every commit; turning it off risks losing the latest acknowledged items on power loss."""
+
+
+class WorkerConfig(Section):
+    count: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1, le=256)
+    max_attempts: int = Field(default=3, ge=1)
+    """A failing message is tried this many times, then reported failed (never completed)."""
+    retry_backoff_seconds: float = Field(default=0.2, ge=0)
+    retry_backoff_max_seconds: float = Field(default=10.0, ge=0)
+    batch_size: int = Field(default=512, ge=1)
+    """Messages per hand-off to a worker and per worker transaction."""
+    boot_timeout_seconds: float = Field(default=60.0, gt=0)
+    max_cached_cubes: int = Field(default=512, ge=1)
+    """Cubes a worker keeps loaded (state and index); the least recently used is dropped beyond it."""
+
+
+class LimitsConfig(Section):
+    max_content_bytes: int = Field(default=1024 * 1024, ge=1)
+    max_id_bytes: int = Field(default=256, ge=1)
+    max_backlog: int = Field(default=100_000, ge=1)
+    """Accepted but unfinished items; beyond it streams stop being read and Submit gets RESOURCE_EXHAUSTED."""
+    timestamp_skew_days: int = Field(default=3650, ge=0)
+    """Timestamps further than this from the server's clock are refused."""
+
+
+class ScoreWeights(Section):
+    """importance = relevance·w + keyword·w + usage·w (MemOS: 0.9 / 0.05 / 0.05)."""
+
+    relevance: float = Field(default=0.9, ge=0)
+    keyword: float = Field(default=0.05, ge=0)
+    usage: float = Field(default=0.05, ge=0)
+
+
+class SchedulerConfig(Section):
+    capacities: MemoryCapacities = Field(default_factory=MemoryCapacities)
+    top_k: int = Field(default=20, ge=1)
+    """Candidates retrieved per query from LongTermMemory and UserMemory together."""
+    context_window_size: int = Field(default=5, ge=1)
+    """Recent queries whose keywords feed the keyword score."""
+    weights: ScoreWeights = Field(default_factory=ScoreWeights)
+    usage_cap: int = Field(default=10, ge=1)
+    """Usage counts are capped at this before scoring."""
+    enable_activation_memory: bool = False
+    act_mem_update_interval: float = Field(default=300.0, ge=0)
+    """Seconds between activation memory rebuilds."""
+    activation_top_n: int = Field(default=10, ge=1)
+    dedup_threshold: float = Field(default=0.9, gt=0, le=1)
+    """An added memory whose token cosine with a stored one reaches this updates it instead."""
+    working_dedup_threshold: float = Field(default=0.75, gt=0, le=1)
+    """Working-memory candidates this similar to a better one are dropped (MemOS: TF-IDF cosine 0.75)."""
+
+
+class Settings(BaseSettings):
+    """All of memsched's configuration."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="forbid")
+
+    server: ServerConfig = Field(default_factory=ServerConfig)
+    storage: StorageConfig = Field(default_factory=StorageConfig)
+    workers: WorkerConfig = Field(default_factory=WorkerConfig)
+    limits: LimitsConfig = Field(default_factory=LimitsConfig)
+    scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
+    handlers: dict[str, str] = Field(default_factory=dict)
+    """Extra handlers, label -> "package.module:function"; imported by every worker."""
+    log_level: str = "INFO"
+
+    @field_validator("log_level")
+    @classmethod
+    def _known_level(cls, value: str) -> str:
+        if value.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
+            raise ValueError("log_level must be DEBUG, INFO, WARNING, ERROR or CRITICAL")
+        return value.upper()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, _YamlSource(settings_cls))
+
+
+class _YamlSource(PydanticBaseSettingsSource):
+    """Reads the file named by load_settings; a missing or malformed file is an error, not an empty config."""
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        path = _yaml_file.get()
+        if path is None:
+            return {}
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except OSError as e:
+            raise ConfigError(f"cannot read config file {path}: {e}") from e
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config file {path} is not valid YAML: {e}") from e
+        if data is None:
+            return {}
+        if not isinstance(data, dict):
+            raise ConfigError(f"config file {path} must hold a mapping at the top level")
+        return data
+
+
+def _check_environment() -> None:
+    """Refuse MEMSCHED_* variables that name no setting (pydantic-settings would ignore them)."""
+    for name in os.environ:
+        if not name.startswith(ENV_PREFIX):
+            continue
+        parts = name[len(ENV_PREFIX) :].lower().split("__")
+        model: type[BaseModel] = Settings
+        for i, part in enumerate(parts):
+            field = model.model_fields.get(part)
+            if field is None:
+                raise ConfigError(f"unknown setting in environment variable {name}: {part!r} is not a key")
+            annotation = field.annotation
+            if i < len(parts) - 1 and isinstance(annotation, type) and issubclass(annotation, BaseModel):
+                model = annotation
+            else:
+                break
+
+
+def load_settings(path: Path | None = None, **overrides: Any) -> Settings:
+    """Build Settings from defaults, ``path`` (YAML), the environment and ``overrides`` (highest)."""
+    _check_environment()
+    token = _yaml_file.set(path)
+    try:
+        return Settings(**overrides)
+    except ValidationError as e:
+        raise ConfigError(_describe(e)) from e
+    finally:
+        _yaml_file.reset(token)
+
+
+def _describe(error: ValidationError) -> str:
+    lines = []
+    for detail in error.errors():
+        where = ".".join(str(p) for p in detail["loc"])
+        rule = "unknown key" if detail["type"] == "extra_forbidden" else detail["msg"]
+        lines.append(f"{where}: {rule}")
+    return "invalid configuration: " + "; ".join(lines)

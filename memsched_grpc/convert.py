@@ -1,0 +1,175 @@
+"""protobuf <-> domain models. Imports protobuf only (never grpc), so workers may use it."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from google.protobuf import json_format
+from google.protobuf.struct_pb2 import Struct
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from memsched.v1 import items_pb2, scheduler_pb2
+from memsched_grpc.models import (
+    ItemStatus,
+    LogItem,
+    MemoryCapacities,
+    MemoryItem,
+    MemorySizes,
+    MemoryType,
+    Message,
+    TaskState,
+    utcnow,
+)
+
+MEMORY_TYPE_TO_PROTO: dict[MemoryType, items_pb2.MemoryType.ValueType] = {
+    MemoryType.WORKING: items_pb2.MEMORY_TYPE_WORKING_MEMORY,
+    MemoryType.LONG_TERM: items_pb2.MEMORY_TYPE_LONG_TERM_MEMORY,
+    MemoryType.USER: items_pb2.MEMORY_TYPE_USER_MEMORY,
+    MemoryType.TEXT: items_pb2.MEMORY_TYPE_TEXT_MEMORY,
+    MemoryType.ACTIVATION: items_pb2.MEMORY_TYPE_ACTIVATION_MEMORY,
+    MemoryType.PARAMETER: items_pb2.MEMORY_TYPE_PARAMETER_MEMORY,
+    MemoryType.USER_INPUT: items_pb2.MEMORY_TYPE_USER_INPUT,
+    MemoryType.NOT_APPLICABLE: items_pb2.MEMORY_TYPE_NOT_APPLICABLE,
+}
+MEMORY_TYPE_FROM_PROTO = {v: k for k, v in MEMORY_TYPE_TO_PROTO.items()}
+STATE_TO_PROTO: dict[TaskState, items_pb2.TaskStatus.ValueType] = {
+    TaskState.WAITING: items_pb2.TASK_STATUS_WAITING,
+    TaskState.IN_PROGRESS: items_pb2.TASK_STATUS_IN_PROGRESS,
+    TaskState.COMPLETED: items_pb2.TASK_STATUS_COMPLETED,
+    TaskState.FAILED: items_pb2.TASK_STATUS_FAILED,
+}
+
+
+def timestamp(value: datetime | float | None) -> Timestamp:
+    ts = Timestamp()
+    if value is None:
+        return ts
+    if isinstance(value, datetime):
+        ts.FromDatetime(value.astimezone(UTC))
+    else:
+        ts.FromNanoseconds(int(value * 1e9))
+    return ts
+
+
+def struct(value: dict[str, Any]) -> Struct:
+    out = Struct()
+    if value:
+        out.update(value)
+    return out
+
+
+def message_from_bytes(payload: bytes) -> Message:
+    """Decode an accepted item as stored in the inbox."""
+    item = items_pb2.ScheduleMessageItem.FromString(payload)
+    return Message(
+        item_id=item.item_id,
+        user_id=item.user_id,
+        mem_cube_id=item.mem_cube_id,
+        label=item.label,
+        content=item.content,
+        mem_cube=item.mem_cube,
+        timestamp=item.timestamp.ToDatetime(tzinfo=UTC) if item.HasField("timestamp") else utcnow(),
+        session_id=item.session_id,
+        task_id=item.task_id,
+        trace_id=item.trace_id,
+        user_name=item.user_name,
+        info=json_format.MessageToDict(item.info) if item.HasField("info") else {},
+    )
+
+
+def message_to_proto(message: Message) -> items_pb2.ScheduleMessageItem:
+    return items_pb2.ScheduleMessageItem(
+        item_id=message.item_id,
+        user_id=message.user_id,
+        mem_cube_id=message.mem_cube_id,
+        label=message.label,
+        content=message.content,
+        mem_cube=message.mem_cube,
+        timestamp=timestamp(message.timestamp),
+        session_id=message.session_id,
+        task_id=message.task_id,
+        trace_id=message.trace_id,
+        user_name=message.user_name,
+        info=struct(message.info) if message.info else None,
+    )
+
+
+def sizes_to_proto(sizes: MemorySizes) -> items_pb2.MemorySizes:
+    return items_pb2.MemorySizes(**sizes.model_dump())
+
+
+def capacities_to_proto(capacities: MemoryCapacities) -> items_pb2.MemoryCapacities:
+    return items_pb2.MemoryCapacities(**capacities.model_dump())
+
+
+def memory_to_proto(item: MemoryItem, importance: float = 0.0) -> items_pb2.MemoryItem:
+    return items_pb2.MemoryItem(
+        id=item.id,
+        memory=item.memory,
+        memory_type=MEMORY_TYPE_TO_PROTO[item.memory_type],
+        key=item.key,
+        tags=item.tags,
+        source_item_id=item.source_item_id,
+        created_at=timestamp(item.created_at),
+        updated_at=timestamp(item.updated_at),
+        usage_count=item.usage_count,
+        importance=importance,
+        metadata=struct(item.metadata),
+    )
+
+
+def log_to_proto(log: LogItem) -> items_pb2.ScheduleLogForWebItem:
+    return items_pb2.ScheduleLogForWebItem(
+        item_id=log.item_id,
+        user_id=log.user_id,
+        mem_cube_id=log.mem_cube_id,
+        label=log.label,
+        from_memory_type=MEMORY_TYPE_TO_PROTO[log.from_memory_type],
+        to_memory_type=MEMORY_TYPE_TO_PROTO[log.to_memory_type],
+        log_content=log.log_content,
+        current_memory_sizes=sizes_to_proto(log.current_memory_sizes),
+        memory_capacities=capacities_to_proto(log.memory_capacities),
+        timestamp=timestamp(log.timestamp),
+        task_id=log.task_id,
+        status=STATE_TO_PROTO[log.status],
+        memcube_name=log.memcube_name,
+        memory_len=log.memory_len,
+        memcube_log_content=[
+            items_pb2.MemcubeLogEntry(
+                content=e.content,
+                ref_id=e.ref_id,
+                from_memory_type=MEMORY_TYPE_TO_PROTO[e.from_memory_type],
+                to_memory_type=MEMORY_TYPE_TO_PROTO[e.to_memory_type],
+            )
+            for e in log.memcube_log_content
+        ],
+        metadata=[
+            items_pb2.MemoryMetadata(
+                id=m.id,
+                key=m.key,
+                memory=m.memory,
+                memory_type=MEMORY_TYPE_TO_PROTO[m.memory_type],
+                tags=m.tags,
+                updated_at=timestamp(m.updated_at),
+            )
+            for m in log.metadata
+        ],
+        source_item_id=log.source_item_id,
+        sequence=log.sequence,
+    )
+
+
+def status_to_proto(status: ItemStatus) -> scheduler_pb2.ItemStatus:
+    return scheduler_pb2.ItemStatus(
+        item_id=status.item_id,
+        user_id=status.user_id,
+        mem_cube_id=status.mem_cube_id,
+        label=status.label,
+        task_id=status.task_id,
+        status=STATE_TO_PROTO[status.state],
+        error=status.error,
+        attempts=status.attempts,
+        accepted_at=timestamp(status.accepted_at),
+        finished_at=timestamp(status.finished_at) if status.finished_at else None,
+    )

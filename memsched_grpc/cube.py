@@ -1,0 +1,201 @@
+"""One cube as a worker holds it: state and retrieval index in memory, every change written through to
+LMDB in the transaction of the message being handled.
+
+A worker is the only writer of its cubes (cube -> shard -> worker is fixed while it runs), so the
+in-memory copy stays exact; when a transaction is rolled back the worker drops the copy and reloads it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import lmdb
+
+from memsched_grpc.models import (
+    CubeState,
+    LogEntry,
+    LogItem,
+    MemoryCapacities,
+    MemoryItem,
+    MemorySizes,
+    MemoryType,
+    Message,
+    TaskState,
+    WorkingEntry,
+)
+from memsched_grpc.retrieval.lexical import LexicalIndex
+from memsched_grpc.retrieval.tokenizer import tokenize
+from memsched_grpc.store import keys
+from memsched_grpc.store.cubes import CubeTables
+
+STORED_TYPES = (MemoryType.LONG_TERM, MemoryType.USER)
+_SPACES = re.compile(r"\s+")
+
+
+def text_fingerprint(text: str) -> bytes:
+    """Identity of a memory text for exact-duplicate detection: case and whitespace do not count."""
+    return hashlib.blake2b(_SPACES.sub(" ", text.strip().lower()).encode(), digest_size=12).digest()
+
+
+@dataclass(slots=True)
+class Entry:
+    """What the worker keeps in memory per stored memory; the full item stays in LMDB."""
+
+    memory_type: MemoryType
+    fingerprint: bytes
+    usage_count: int
+    updated_at: float
+    tokens: tuple[str, ...]
+
+
+class Cube:
+    def __init__(self, tables: CubeTables, state: CubeState, capacities: MemoryCapacities, history_keep: int) -> None:
+        self.tables = tables
+        self.key = keys.cube_key(state.user_id, state.mem_cube_id)
+        self.state = state
+        self.capacities = capacities
+        self.history_keep = history_keep
+        self.index = LexicalIndex()
+        self.entries: dict[str, Entry] = {}
+        self.by_fingerprint: dict[bytes, str] = {}
+        self.txn: lmdb.Transaction | None = None
+
+    @classmethod
+    def load(
+        cls, tables: CubeTables, txn: lmdb.Transaction, user_id: str, mem_cube_id: str,
+        capacities: MemoryCapacities, history_keep: int,
+    ) -> Cube:
+        key = keys.cube_key(user_id, mem_cube_id)
+        state = tables.load_state(txn, key) or CubeState(user_id=user_id, mem_cube_id=mem_cube_id)
+        cube = cls(tables, state, capacities, history_keep)
+        for memory_type in STORED_TYPES:
+            for item in tables.iter_memories(txn, key, memory_type):
+                cube._remember(item)
+        return cube
+
+    # reading
+    def _tx(self) -> lmdb.Transaction:
+        if self.txn is None:
+            raise RuntimeError("cube used outside a transaction")
+        return self.txn
+
+    def get(self, memory_id: str) -> MemoryItem | None:
+        entry = self.entries.get(memory_id)
+        if entry is None:
+            return None
+        return self.tables.get_memory(self._tx(), self.key, entry.memory_type, memory_id)
+
+    def find_exact(self, text: str) -> str | None:
+        return self.by_fingerprint.get(text_fingerprint(text))
+
+    def tokens(self, memory_id: str) -> tuple[str, ...]:
+        entry = self.entries.get(memory_id)
+        return entry.tokens if entry else ()
+
+    def relevance(self, query_tokens: Iterable[str]) -> dict[str, float]:
+        """Lexical score of every stored memory sharing a term with the query."""
+        return self.index.scores(query_tokens)
+
+    def size(self, memory_type: MemoryType) -> int:
+        return self.state.user_size if memory_type == MemoryType.USER else self.state.long_term_size
+
+    def capacity(self, memory_type: MemoryType) -> int:
+        caps = self.capacities
+        return caps.user_memory_capacity if memory_type == MemoryType.USER else caps.long_term_memory_capacity
+
+    def sizes(self) -> MemorySizes:
+        return MemorySizes(
+            long_term_memory_size=self.state.long_term_size,
+            user_memory_size=self.state.user_size,
+            working_memory_size=len(self.state.working),
+            transformed_act_memory_size=self.state.activation_size,
+        )
+
+    # writing
+    def put(self, item: MemoryItem) -> None:
+        """Store a new or changed memory (its type must not change)."""
+        if item.memory_type not in STORED_TYPES:
+            raise ValueError(f"memories are stored in LongTermMemory or UserMemory, not {item.memory_type}")
+        old = self.entries.get(item.id)
+        if old is None:
+            self._resize(item.memory_type, +1)
+        elif old.memory_type != item.memory_type:
+            raise ValueError(f"memory {item.id} is in {old.memory_type}, not {item.memory_type}")
+        else:
+            self.by_fingerprint.pop(old.fingerprint, None)
+        self.tables.put_memory(self._tx(), self.key, item)
+        self._remember(item)
+
+    def archive(self, memory_id: str) -> MemoryItem | None:
+        """Move a memory out of its partition into the archive (still readable there)."""
+        item = self.get(memory_id)
+        if item is None:
+            return None
+        entry = self.entries.pop(memory_id)
+        self.by_fingerprint.pop(entry.fingerprint, None)
+        self.index.remove(memory_id)
+        txn = self._tx()
+        self.tables.delete_memory(txn, self.key, item.memory_type, memory_id)
+        self.tables.archive_memory(txn, self.key, item)
+        self._resize(item.memory_type, -1)
+        self.state.archived_size += 1
+        self.state.working = [w for w in self.state.working if w.id != memory_id]
+        return item
+
+    def set_working(self, working: list[WorkingEntry]) -> None:
+        self.state.working = working
+
+    def save(self) -> None:
+        self.tables.save_state(self._tx(), self.key, self.state)
+
+    def log(
+        self,
+        message: Message,
+        label: str,
+        from_type: MemoryType,
+        to_type: MemoryType,
+        content: str,
+        memories: list[MemoryItem] | None = None,
+        entries: list[LogEntry] | None = None,
+    ) -> LogItem:
+        """Record a log item in the cube's history; sizes are taken after the change."""
+        memories = memories or []
+        seq = self.state.next_log_seq
+        self.state.next_log_seq = seq + 1
+        item = LogItem(
+            item_id=f"{message.item_id}/{seq}",
+            user_id=message.user_id,
+            mem_cube_id=message.mem_cube_id,
+            label=label,
+            from_memory_type=from_type,
+            to_memory_type=to_type,
+            log_content=content,
+            current_memory_sizes=self.sizes(),
+            memory_capacities=self.capacities,
+            task_id=message.task_id,
+            status=TaskState.COMPLETED,
+            memcube_name=message.mem_cube or message.mem_cube_id,
+            memory_len=len(memories) or len(entries or []),
+            memcube_log_content=entries or [],
+            metadata=memories,
+            source_item_id=message.item_id,
+            sequence=seq,
+        )
+        self.tables.append_log(self._tx(), self.key, item, self.history_keep)
+        return item
+
+    def _remember(self, item: MemoryItem) -> None:
+        tokens = tuple(tokenize(item.memory))
+        fingerprint = text_fingerprint(item.memory)
+        self.entries[item.id] = Entry(item.memory_type, fingerprint, item.usage_count, item.updated_at.timestamp(), tokens)
+        self.by_fingerprint[fingerprint] = item.id
+        self.index.add(item.id, tokens)
+
+    def _resize(self, memory_type: MemoryType, delta: int) -> None:
+        if memory_type == MemoryType.USER:
+            self.state.user_size += delta
+        else:
+            self.state.long_term_size += delta

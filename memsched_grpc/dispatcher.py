@@ -1,0 +1,237 @@
+"""The dispatcher: routes accepted items to workers (cube -> shard -> worker, so each cube keeps its order),
+tracks what is unfinished, finishes items in the inbox, and redelivers a dead worker's items.
+
+It is also where backlog and idleness are known: admission control blocks or refuses new work when the
+backlog is full, and waiters learn when a user's or cube's queue drains.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from memsched_grpc.config import Settings
+from memsched_grpc.inbox import Inbox, Record
+from memsched_grpc.models import ItemStatus, LogItem, TaskState
+from memsched_grpc.pool import WorkerPool
+from memsched_grpc.store import keys
+from memsched_grpc.worker import FAILED, OK, RETRY, ResultTuple
+
+log = logging.getLogger(__name__)
+LOW_WATER_INTERVAL = 1.0
+
+
+@dataclass(slots=True)
+class Finished:
+    """An item that left the scheduler: its final state, error and the log items it caused."""
+
+    record: Record
+    state: TaskState
+    error: str
+    logs: list[LogItem]
+
+
+FinishListener = Callable[[list[Finished]], None]
+
+
+class Dispatcher:
+    def __init__(self, settings: Settings, inbox: Inbox, listener: FinishListener) -> None:
+        self.settings = settings
+        self.inbox = inbox
+        self.listener = listener
+        self.pool = WorkerPool(settings, self._on_results, self._on_death)
+        self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)
+        self._records: dict[int, Record] = {}
+        self._by_item: dict[str, Record] = {}
+        self._by_worker: list[dict[int, Record]] = [{} for _ in range(self.pool.size)]
+        self._users: Counter[str] = Counter()
+        self._cubes: Counter[tuple[str, str]] = Counter()
+        self._outstanding = 0
+        self._low_water = 0
+        self._low_water_at = 0.0
+        self._results: queue.SimpleQueue[tuple[int, list[ResultTuple]] | None] = queue.SimpleQueue()
+        self._finisher = threading.Thread(target=self._finish_loop, name="dispatcher-finish", daemon=True)
+
+    def start(self, recovered: list[Record]) -> None:
+        self.pool.start()
+        self._finisher.start()
+        if recovered:
+            log.info("redelivering %d accepted items that were not finished", len(recovered))
+            with self._lock:
+                self._outstanding += len(recovered)
+            self.dispatch(recovered)
+
+    # admission
+    def admit(self, count: int, timeout: float | None) -> bool:
+        """Reserve backlog room for ``count`` items; wait up to ``timeout`` (None: forever, 0: not at all)."""
+        limit = self.settings.limits.max_backlog
+        with self._changed:
+            ok = self._changed.wait_for(lambda: self._outstanding == 0 or self._outstanding + count <= limit, timeout)
+            if ok:
+                self._outstanding += count
+            return ok
+
+    def release(self, count: int) -> None:
+        """Give back room reserved for items that turned out duplicates or were never stored."""
+        with self._changed:
+            self._outstanding -= count
+            self._changed.notify_all()
+
+    # hand-off
+    def dispatch(self, records: list[Record]) -> None:
+        """Send committed items to their cube's worker, in acceptance order."""
+        if not records:
+            return
+        size = self.pool.size
+        per_worker: dict[int, list[Record]] = {}
+        with self._lock:
+            for r in records:
+                worker = keys.shard_of(r.user_id, r.mem_cube_id, self.inbox.shards) % size
+                r.worker = worker
+                self._records[r.seq] = r
+                self._by_item[r.item_id] = r
+                self._by_worker[worker][r.seq] = r
+                self._users[r.user_id] += 1
+                self._cubes[(r.user_id, r.mem_cube_id)] += 1
+                per_worker.setdefault(worker, []).append(r)
+            low_water = self._current_low_water()
+        for worker, items in per_worker.items():
+            self._send(worker, items, low_water)
+
+    def _send(self, worker: int, records: list[Record], low_water: int) -> None:
+        step = self.settings.workers.batch_size
+        for i in range(0, len(records), step):
+            chunk = records[i : i + step]
+            self.pool.send(worker, (low_water, [(r.seq, r.attempts, r.payload) for r in chunk]))
+
+    def _current_low_water(self) -> int:
+        """Lowest unfinished seq (workers may forget exactly-once markers below it); refreshed once a second."""
+        now = time.monotonic()
+        if now - self._low_water_at > LOW_WATER_INTERVAL:
+            self._low_water = min(self._records, default=self.inbox.next_seq)
+            self._low_water_at = now
+        return self._low_water
+
+    # results
+    def _on_results(self, worker: int, results: list[ResultTuple]) -> None:
+        self._results.put((worker, results))
+
+    def _finish_loop(self) -> None:
+        while True:
+            first = self._results.get()
+            if first is None:
+                return
+            batch = [first]
+            while True:
+                try:
+                    nxt = self._results.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is None:
+                    self._results.put(None)
+                    break
+                batch.append(nxt)
+            try:
+                self._finish(batch)
+            except Exception:
+                log.exception("finishing %d result batches failed; their items stay pending and will be redelivered", len(batch))
+
+    def _finish(self, batch: list[tuple[int, list[ResultTuple]]]) -> None:
+        finished: list[Finished] = []
+        with self._lock:
+            for _, results in batch:
+                for seq, outcome, error, attempts, logs in results:
+                    record = self._records.get(seq)
+                    if record is None:  # a redelivered item reported twice: the first report counted
+                        continue
+                    record.attempts = attempts
+                    if outcome == RETRY:
+                        record.error = error
+                        continue
+                    state = TaskState.COMPLETED if outcome == OK else TaskState.FAILED
+                    record.error = error if outcome == FAILED else ""
+                    finished.append(Finished(record, state, record.error, [LogItem.model_validate_json(j) for j in logs]))
+        self._complete(finished)
+
+    def _complete(self, finished: list[Finished]) -> None:
+        if not finished:
+            return
+        self.inbox.finish([(f.record, f.state) for f in finished])
+        with self._changed:
+            for f in finished:
+                r = f.record
+                if self._records.pop(r.seq, None) is None:
+                    continue
+                self._by_item.pop(r.item_id, None)
+                self._by_worker[r.worker].pop(r.seq, None)
+                self._users[r.user_id] -= 1
+                if not self._users[r.user_id]:
+                    del self._users[r.user_id]
+                cube = (r.user_id, r.mem_cube_id)
+                self._cubes[cube] -= 1
+                if not self._cubes[cube]:
+                    del self._cubes[cube]
+                self._outstanding -= 1
+            self._changed.notify_all()
+        self.listener(finished)
+
+    def _on_death(self, worker: int, culprit_seq: int) -> None:
+        """The worker was replaced: charge an attempt to the item it was handling, redeliver the rest."""
+        max_attempts = self.settings.workers.max_attempts
+        failed: list[Finished] = []
+        with self._lock:
+            records = [self._by_worker[worker][s] for s in sorted(self._by_worker[worker])]
+            redeliver = []
+            for r in records:
+                if r.seq == culprit_seq:
+                    r.attempts += 1
+                    r.error = f"worker process died while handling it (attempt {r.attempts})"
+                    if r.attempts >= max_attempts:
+                        failed.append(Finished(r, TaskState.FAILED, r.error, []))
+                        continue
+                redeliver.append(r)
+            low_water = self._current_low_water()
+        log.warning("redelivering %d items of dead worker %d (culprit seq %d)", len(redeliver), worker, culprit_seq)
+        self._complete(failed)
+        self._send(worker, redeliver, low_water)
+
+    # what others ask
+    def live_status(self, item_id: str) -> ItemStatus | None:
+        """IN_PROGRESS with attempts and last error for an item handed to a worker, else None."""
+        with self._lock:
+            record = self._by_item.get(item_id)
+            return None if record is None else record.status(TaskState.IN_PROGRESS)
+
+    def pending(self, user_id: str, mem_cube_id: str = "") -> int:
+        with self._lock:
+            return self._cubes[(user_id, mem_cube_id)] if mem_cube_id else self._users[user_id]
+
+    def wait_idle(self, user_id: str, mem_cube_id: str, timeout: float) -> int:
+        """Wait until nothing of the user (or cube) is unfinished; returns what is still pending."""
+        def count() -> int:
+            return self._cubes[(user_id, mem_cube_id)] if mem_cube_id else self._users[user_id]
+
+        with self._changed:
+            self._changed.wait_for(lambda: count() == 0, timeout)
+            return count()
+
+    def wait_all_idle(self, timeout: float) -> int:
+        with self._changed:
+            self._changed.wait_for(lambda: not self._records, timeout)
+            return len(self._records)
+
+    @property
+    def backlog(self) -> int:
+        with self._lock:
+            return self._outstanding
+
+    def stop(self, timeout: float) -> None:
+        self.pool.stop(timeout)
+        self._results.put(None)
+        self._finisher.join(5)

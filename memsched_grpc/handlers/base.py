@@ -1,0 +1,35 @@
+"""What a handler gets: the message, its cube (written through in the message's transaction), settings."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from memsched_grpc.config import SchedulerConfig
+from memsched_grpc.cube import Cube
+from memsched_grpc.models import LogEntry, LogItem, MemoryItem, MemoryType, Message
+
+
+@dataclass
+class HandlerContext:
+    message: Message
+    cube: Cube
+    config: SchedulerConfig
+    logs: list[LogItem] = field(default_factory=list)
+
+    def log(
+        self,
+        label: str,
+        from_type: MemoryType,
+        to_type: MemoryType,
+        content: str,
+        memories: list[MemoryItem] | None = None,
+        entries: list[LogEntry] | None = None,
+    ) -> LogItem:
+        """Record a log item; it reaches the submitting stream and every watcher once the message commits."""
+        item = self.cube.log(self.message, label, from_type, to_type, content, memories, entries)
+        self.logs.append(item)
+        return item
+
+
+Handler = Callable[[HandlerContext], None]

@@ -1,0 +1,260 @@
+"""The durable inbox: accepted items are committed to LMDB (group commit) before anyone hears "ack",
+stay there until their handler finished, and are found again after a crash.
+
+It also holds each item's status record, which doubles as the registry of item ids that makes a resent
+item a duplicate instead of a second execution.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import lmdb
+
+from memsched_grpc.config import StorageConfig
+from memsched_grpc.errors import StorageError
+from memsched_grpc.models import ItemStatus, TaskState
+from memsched_grpc.store import keys
+from memsched_grpc.store.environment import Environment
+
+log = logging.getLogger(__name__)
+
+DB_NAMES = ("status", "pending", "tasks", "meta")
+_WAITING, _COMPLETED, _FAILED = b"W", b"C", b"F"
+_FINAL = {TaskState.COMPLETED: _COMPLETED, TaskState.FAILED: _FAILED}
+MAX_GROUP_ITEMS = 20_000
+
+
+@dataclass(slots=True)
+class Incoming:
+    """A validated item on its way into the inbox; payload is its ScheduleMessageItem encoding."""
+
+    item_id: str
+    user_id: str
+    mem_cube_id: str
+    label: str
+    task_id: str
+    payload: bytes
+
+
+@dataclass(slots=True)
+class Record:
+    """An accepted, unfinished item as the dispatcher tracks it."""
+
+    seq: int
+    item_id: str
+    user_id: str
+    mem_cube_id: str
+    label: str
+    task_id: str
+    payload: bytes
+    accepted_ns: int
+    attempts: int = 0
+    error: str = ""
+    worker: int = -1
+
+    def status(self, state: TaskState, finished: bool = False) -> ItemStatus:
+        return ItemStatus(
+            item_id=self.item_id,
+            user_id=self.user_id,
+            mem_cube_id=self.mem_cube_id,
+            label=self.label,
+            task_id=self.task_id,
+            state=state,
+            error=self.error,
+            attempts=self.attempts,
+            accepted_at=datetime.fromtimestamp(self.accepted_ns / 1e9, UTC),
+            finished_at=datetime.now(UTC) if finished else None,
+            seq=self.seq,
+        )
+
+
+class Inbox:
+    def __init__(self, storage: StorageConfig) -> None:
+        self.env = Environment(storage.data_dir / "inbox", storage.map_size_mb << 20, storage.sync, DB_NAMES)
+        self._status = self.env.dbs["status"]
+        self._pending = self.env.dbs["pending"]
+        self._tasks = self.env.dbs["tasks"]
+        self._meta = self.env.dbs["meta"]
+        self.shards = self._fix_shards(storage.shards)
+        with self.env.read() as txn:
+            raw = txn.get(b"next_seq", db=self._meta)
+        self._next_seq = int.from_bytes(raw, "big") if raw else 1
+
+    def _fix_shards(self, wanted: int) -> int:
+        """The shard count is part of the data layout: the first start records it, later starts obey it."""
+
+        def fix(txn: lmdb.Transaction) -> int:
+            raw = txn.get(b"shards", db=self._meta)
+            if raw is None:
+                txn.put(b"shards", str(wanted).encode(), db=self._meta)
+                return wanted
+            return int(raw)
+
+        shards = self.env.write(fix)
+        if shards != wanted:
+            log.warning("data dir was created with %d shards; ignoring storage.shards=%d", shards, wanted)
+        return shards
+
+    @property
+    def next_seq(self) -> int:
+        return self._next_seq
+
+    def accept(self, items: list[Incoming]) -> list[Record | None]:
+        """Store new items in one transaction. Returns a Record per new item, None per duplicate id."""
+        now = time.time_ns()
+        start_seq = self._next_seq
+
+        def write(txn: lmdb.Transaction) -> list[Record | None]:
+            seq = start_seq
+            out: list[Record | None] = []
+            put = txn.put
+            for item in items:
+                item_key = item.item_id.encode()
+                if not put(item_key, _WAITING + keys.seq_key(seq), db=self._status, overwrite=False):
+                    out.append(None)
+                    continue
+                put(keys.seq_key(seq), now.to_bytes(8, "big") + item.payload, db=self._pending, append=True)
+                if item.task_id:
+                    put(item.task_id.encode() + keys.CUBE_SEP + item_key, b"", db=self._tasks)
+                out.append(Record(seq, item.item_id, item.user_id, item.mem_cube_id, item.label, item.task_id, item.payload, now))
+                seq += 1
+            put(b"next_seq", seq.to_bytes(8, "big"), db=self._meta)
+            return out
+
+        records = self.env.write(write)
+        self._next_seq = start_seq + sum(1 for r in records if r is not None)
+        return records
+
+    def finish(self, done: list[tuple[Record, TaskState]]) -> None:
+        """Record final states and drop the items from the pending table, in one transaction."""
+
+        def write(txn: lmdb.Transaction) -> None:
+            for record, state in done:
+                status = record.status(state, finished=True)
+                txn.put(
+                    record.item_id.encode(),
+                    _FINAL[state] + keys.seq_key(record.seq) + status.model_dump_json().encode(),
+                    db=self._status,
+                )
+                txn.delete(keys.seq_key(record.seq), db=self._pending)
+
+        self.env.write(write)
+
+    def recover(self) -> Iterator[Record]:
+        """Every accepted, unfinished item in acceptance order (after a crash or a stop)."""
+        from memsched.v1 import items_pb2  # decoding is needed only here, once per start
+
+        with self.env.read() as txn:
+            rows = list(txn.cursor(db=self._pending))
+        for key, value in rows:
+            item = items_pb2.ScheduleMessageItem.FromString(value[8:])
+            yield Record(
+                int.from_bytes(key, "big"), item.item_id, item.user_id, item.mem_cube_id, item.label,
+                item.task_id, value[8:], int.from_bytes(value[:8], "big"),
+            )
+
+    def status(self, item_id: str) -> ItemStatus | None:
+        """The stored status (WAITING for anything not finished); the dispatcher overlays live progress."""
+        with self.env.read() as txn:
+            raw = txn.get(item_id.encode(), db=self._status)
+            if raw is None:
+                return None
+            if raw[:1] != _WAITING:
+                return ItemStatus.model_validate_json(raw[9:])
+            pending = txn.get(raw[1:9], db=self._pending)
+        if pending is None:
+            return None
+        from memsched.v1 import items_pb2
+
+        item = items_pb2.ScheduleMessageItem.FromString(pending[8:])
+        return ItemStatus(
+            item_id=item.item_id, user_id=item.user_id, mem_cube_id=item.mem_cube_id, label=item.label,
+            task_id=item.task_id, state=TaskState.WAITING,
+            accepted_at=datetime.fromtimestamp(int.from_bytes(pending[:8], "big") / 1e9, UTC),
+            seq=int.from_bytes(raw[1:9], "big"),
+        )
+
+    def task_items(self, task_id: str) -> list[str]:
+        prefix = task_id.encode() + keys.CUBE_SEP
+        out = []
+        with self.env.read() as txn:
+            cursor = txn.cursor(db=self._tasks)
+            if cursor.set_range(prefix):
+                for key in cursor.iternext(values=False):
+                    if not key.startswith(prefix):
+                        break
+                    out.append(key[len(prefix) :].decode())
+        return out
+
+    def close(self) -> None:
+        self.env.close()
+
+
+AcceptCallback = Callable[[list[Record | None] | None, Exception | None], None]
+
+
+class GroupCommitter:
+    """One thread that commits the accept requests of every stream together: one fsync for many items."""
+
+    def __init__(self, inbox: Inbox, after_commit: Callable[[list[Record]], None]) -> None:
+        self.inbox = inbox
+        self.after_commit = after_commit
+        self._requests: queue.SimpleQueue[tuple[list[Incoming], AcceptCallback] | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="inbox-commit", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def submit(self, items: list[Incoming], callback: AcceptCallback) -> None:
+        """``callback(records, None)`` after the commit, or ``callback(None, error)``; runs on the commit thread."""
+        self._requests.put((items, callback))
+
+    def stop(self) -> None:
+        self._requests.put(None)
+        self._thread.join(10)
+
+    def _run(self) -> None:
+        while True:
+            first = self._requests.get()
+            if first is None:
+                return
+            group = [first]
+            count = len(first[0])
+            stop = False
+            while count < MAX_GROUP_ITEMS:
+                try:
+                    nxt = self._requests.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is None:
+                    stop = True
+                    break
+                group.append(nxt)
+                count += len(nxt[0])
+            self._commit(group)
+            if stop:
+                return
+
+    def _commit(self, group: list[tuple[list[Incoming], AcceptCallback]]) -> None:
+        items = [item for request_items, _ in group for item in request_items]
+        try:
+            records = self.inbox.accept(items)
+        except (StorageError, lmdb.Error) as e:
+            log.error("inbox commit of %d items failed: %s", len(items), e)
+            for _, callback in group:
+                callback(None, e)
+            return
+        # Callbacks first: they register where each item's logs go and queue the acks, so no completion
+        # can overtake its own ack.
+        offset = 0
+        for request_items, callback in group:
+            callback(records[offset : offset + len(request_items)], None)
+            offset += len(request_items)
+        self.after_commit([r for r in records if r is not None])

@@ -1,0 +1,163 @@
+"""The worker pool: spawn-context children, one task queue and one result queue each, restarted when they die.
+
+Queues are per worker: a worker killed while holding a shared queue's lock would wedge every other worker.
+A dead worker's queues are thrown away with it; the dispatcher redelivers what it had been given.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import threading
+from collections.abc import Callable
+from multiprocessing.context import SpawnProcess
+from multiprocessing.queues import Queue
+from multiprocessing.sharedctypes import Synchronized
+from queue import Empty
+
+
+from memsched_grpc.config import Settings
+from memsched_grpc.errors import MemschedError
+from memsched_grpc.worker import Batch, ResultTuple, worker_main
+
+log = logging.getLogger(__name__)
+_ctx = multiprocessing.get_context("spawn")
+
+
+class WorkerSlot:
+    """One worker position: the live process, its queues, and the seq it is handling right now."""
+
+    def __init__(self, index: int) -> None:
+        self.index = index
+        self.generation = 0
+        self.process: SpawnProcess | None = None
+        self.tasks: Queue[Batch | None] = _ctx.Queue()
+        self.results: Queue[list[ResultTuple]] = _ctx.Queue()
+        self.current: Synchronized[int] = _ctx.Value("q", 0, lock=False)  # type: ignore[assignment]
+        self.restarts = 0
+
+
+class WorkerPool:
+    """Starts ``count`` workers and keeps them alive.
+
+    ``on_results(index, results)`` runs on a reader thread per worker; ``on_death(index, current_seq)``
+    runs after a dead worker was replaced (its new queues are live), so redelivery can go straight out.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        on_results: Callable[[int, list[ResultTuple]], None],
+        on_death: Callable[[int, int], None],
+    ) -> None:
+        self.settings = settings
+        self.on_results = on_results
+        self.on_death = on_death
+        self.slots = [WorkerSlot(i) for i in range(settings.workers.count)]
+        self._stopping = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._lock = threading.Lock()
+
+    @property
+    def size(self) -> int:
+        return len(self.slots)
+
+    def start(self) -> None:
+        for slot in self.slots:
+            self._spawn(slot)
+        for slot in self.slots:
+            t = threading.Thread(target=self._watch, args=(slot,), name=f"worker-{slot.index}-results", daemon=True)
+            t.start()
+            self._threads.append(t)
+
+    def _spawn(self, slot: WorkerSlot) -> None:
+        booted = _ctx.Event()
+        slot.current.value = 0
+        process = _ctx.Process(
+            target=worker_main,
+            args=(slot.index, self.settings, slot.tasks, slot.results, slot.current, booted),
+            name=f"memsched-worker-{slot.index}",
+            daemon=True,
+        )
+        process.start()
+        if not booted.wait(self.settings.workers.boot_timeout_seconds):
+            process.kill()
+            raise MemschedError(f"worker {slot.index} did not boot within {self.settings.workers.boot_timeout_seconds}s")
+        if not process.is_alive():
+            raise MemschedError(f"worker {slot.index} exited during boot with code {process.exitcode}")
+        slot.process = process
+        slot.generation += 1
+        log.info("worker %d started (pid %s)", slot.index, process.pid)
+
+    def send(self, index: int, batch: Batch) -> None:
+        with self._lock:
+            self.slots[index].tasks.put(batch)
+
+    def _watch(self, slot: WorkerSlot) -> None:
+        """Read results; when the process dies, drain what it sent, replace it, report the death."""
+        while not self._stopping.is_set():
+            try:
+                results = slot.results.get(timeout=0.2)
+            except Empty:
+                process = slot.process
+                if process is not None and not process.is_alive() and not self._stopping.is_set():
+                    self._replace(slot)
+                continue
+            except (EOFError, OSError):
+                if not self._stopping.is_set():
+                    self._replace(slot)
+                continue
+            self.on_results(slot.index, results)
+
+    def _replace(self, slot: WorkerSlot) -> None:
+        while True:  # results the dead worker committed and sent must still count
+            try:
+                self.on_results(slot.index, slot.results.get(timeout=0.05))
+            except Exception:  # empty, or a message cut short by the death: redelivery covers it
+                break
+        process = slot.process
+        culprit = slot.current.value
+        log.error(
+            "worker %d (pid %s) died with exit code %s while handling seq %d; restarting",
+            slot.index, process.pid if process else None, process.exitcode if process else None, culprit,
+        )
+        with self._lock:
+            for q in (slot.tasks, slot.results):
+                q.cancel_join_thread()
+                q.close()
+            slot.tasks = _ctx.Queue()
+            slot.results = _ctx.Queue()
+            slot.restarts += 1
+            self._spawn(slot)
+        self.on_death(slot.index, culprit)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Ask every worker to stop after its current batch; kill those that do not."""
+        self._stopping.set()
+        for slot in self.slots:
+            try:
+                slot.tasks.put(None)
+            except (ValueError, OSError):
+                pass
+        for slot in self.slots:
+            if slot.process is None:
+                continue
+            slot.process.join(timeout)
+            if slot.process.is_alive():
+                log.warning("worker %d did not stop in %.1fs; killing it", slot.index, timeout)
+                slot.process.kill()
+                slot.process.join(5)
+        for t in self._threads:
+            t.join(2)
+        for slot in self.slots:
+            for q in (slot.tasks, slot.results):
+                q.cancel_join_thread()
+                q.close()
+
+    def pids(self) -> list[int | None]:
+        return [s.process.pid if s.process else None for s in self.slots]
+
+    def restarts(self) -> int:
+        return sum(s.restarts for s in self.slots)
+
+

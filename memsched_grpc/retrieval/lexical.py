@@ -1,0 +1,78 @@
+"""An incremental BM25 index for one cube: add and remove documents one at a time, query in milliseconds.
+
+bm25s and friends rebuild the whole index to add a document; a scheduler adds memories on every turn,
+so postings are kept as plain dicts that change in place.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Iterable
+
+
+class LexicalIndex:
+    """BM25 over token lists. ``b`` defaults to 0.3: chat turns are short and of similar length, and
+    full length normalisation punishes the longer turns that usually carry the facts."""
+
+    def __init__(self, k1: float = 1.2, b: float = 0.3) -> None:
+        self.k1 = k1
+        self.b = b
+        self._postings: dict[str, dict[str, int]] = {}
+        self._lengths: dict[str, int] = {}
+        self._total_length = 0
+        self._terms_of: dict[str, tuple[str, ...]] = {}
+
+    def __len__(self) -> int:
+        return len(self._lengths)
+
+    def __contains__(self, doc_id: str) -> bool:
+        return doc_id in self._lengths
+
+    def add(self, doc_id: str, tokens: Iterable[str]) -> None:
+        """Index ``doc_id``; an id already present is replaced."""
+        if doc_id in self._lengths:
+            self.remove(doc_id)
+        counts = Counter(tokens)
+        for term, tf in counts.items():
+            self._postings.setdefault(term, {})[doc_id] = tf
+        length = sum(counts.values())
+        self._lengths[doc_id] = length
+        self._total_length += length
+        self._terms_of[doc_id] = tuple(counts)
+
+    def remove(self, doc_id: str) -> None:
+        length = self._lengths.pop(doc_id, None)
+        if length is None:
+            return
+        self._total_length -= length
+        for term in self._terms_of.pop(doc_id, ()):
+            posting = self._postings.get(term)
+            if posting is not None:
+                posting.pop(doc_id, None)
+                if not posting:
+                    del self._postings[term]
+
+    def scores(self, query_tokens: Iterable[str]) -> dict[str, float]:
+        """BM25 score of every document that shares a term with the query."""
+        n = len(self._lengths)
+        if n == 0:
+            return {}
+        avg = self._total_length / n or 1.0
+        k1, b = self.k1, self.b
+        lengths = self._lengths
+        out: dict[str, float] = {}
+        for term, qtf in Counter(query_tokens).items():
+            posting = self._postings.get(term)
+            if not posting:
+                continue
+            idf = math.log(1.0 + (n - len(posting) + 0.5) / (len(posting) + 0.5))
+            for doc_id, tf in posting.items():
+                norm = k1 * (1.0 - b + b * lengths[doc_id] / avg)
+                out[doc_id] = out.get(doc_id, 0.0) + qtf * idf * tf * (k1 + 1.0) / (tf + norm)
+        return out
+
+    def search(self, query_tokens: Iterable[str], k: int) -> list[tuple[str, float]]:
+        """The ``k`` best documents, best first."""
+        scored = self.scores(query_tokens)
+        return sorted(scored.items(), key=lambda kv: (-kv[1], kv[0]))[:k]

@@ -1,0 +1,97 @@
+"""Build, start and stop the service: workers first (before any grpc object), then the gRPC server with
+health and reflection. Shutdown order: health NOT_SERVING -> server.stop(grace) -> drain -> workers -> LMDB."""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+from concurrent import futures
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from memsched.v1 import scheduler_pb2, scheduler_pb2_grpc
+from memsched_grpc.config import Settings
+from memsched_grpc.errors import ConfigError
+from memsched_grpc.scheduler import MemScheduler
+from memsched_grpc.servicer import SchedulerServicer
+
+log = logging.getLogger(__name__)
+SERVICE_NAME = scheduler_pb2.DESCRIPTOR.services_by_name["Scheduler"].full_name
+
+
+def _is_loopback(address: str) -> bool:
+    host = address.rsplit(":", 1)[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class SchedulerServer:
+    """A running memsched: the scheduler core plus its gRPC face."""
+
+    def __init__(self, settings: Settings) -> None:
+        if not _is_loopback(settings.server.address) and not settings.server.allow_public_without_auth:
+            raise ConfigError(
+                f"server.address {settings.server.address!r} is not loopback and there is no authentication; "
+                "set server.allow_public_without_auth: true to listen there anyway"
+            )
+        self.settings = settings
+        self.scheduler = MemScheduler(settings)
+        self.port = 0
+        self._server: grpc.Server | None = None
+        self._health = health.HealthServicer()
+
+    def start(self) -> int:
+        """Start everything; returns the bound port."""
+        self.scheduler.start()  # spawns workers: must come before the first grpc object
+        cfg = self.settings.server
+        if not _is_loopback(cfg.address):
+            log.warning("listening on non-loopback address %s WITHOUT authentication", cfg.address)
+        options = [
+            ("grpc.max_receive_message_length", cfg.max_receive_message_bytes),
+            ("grpc.max_send_message_length", cfg.max_receive_message_bytes),
+        ]
+        server = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=cfg.max_stream_threads, thread_name_prefix="rpc"),
+            options=options,
+            maximum_concurrent_rpcs=cfg.max_concurrent_rpcs,
+        )
+        scheduler_pb2_grpc.add_SchedulerServicer_to_server(SchedulerServicer(self.scheduler), server)
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server
+        )
+        self.port = server.add_insecure_port(cfg.address)
+        if self.port == 0:
+            self.scheduler.stop(0)
+            raise ConfigError(f"server.address: cannot bind {cfg.address}")
+        server.start()
+        self._server = server
+        for name in ("", SERVICE_NAME):
+            self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        log.info("memsched %s listening on %s (port %d), %d workers, data in %s",
+                 self.scheduler.version, cfg.address, self.port, self.settings.workers.count, self.settings.storage.data_dir)
+        return self.port
+
+    @property
+    def address(self) -> str:
+        host = self.settings.server.address.rsplit(":", 1)[0]
+        return f"{host}:{self.port}"
+
+    def stop(self) -> None:
+        grace = self.settings.server.grace_seconds
+        self._health.enter_graceful_shutdown()
+        if self._server is not None:
+            self.scheduler.refuse_new()
+            self._server.stop(grace).wait()
+        self.scheduler.stop(drain_seconds=grace)
+        log.info("memsched stopped")
+
+    def wait(self) -> None:
+        if self._server is not None:
+            self._server.wait_for_termination()

@@ -1,0 +1,132 @@
+"""Cube tables inside one shard environment: memories by partition, cube state, log history,
+archived memories, and the markers that make processing exactly-once."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import lmdb
+
+from memsched_grpc.models import CubeState, LogItem, MemoryItem, MemoryType
+from memsched_grpc.store import keys
+from memsched_grpc.store.environment import Environment
+
+DB_NAMES = ("memory", "cube", "history", "archive", "done")
+
+
+def shard_path(data_dir: Path, shard: int) -> Path:
+    return data_dir / "shards" / f"{shard:03d}"
+
+
+class CubeTables:
+    """Reads and writes of cube data; every method takes the caller's transaction."""
+
+    def __init__(self, env: Environment) -> None:
+        self.env = env
+        self._memory = env.dbs["memory"]
+        self._cube = env.dbs["cube"]
+        self._history = env.dbs["history"]
+        self._archive = env.dbs["archive"]
+        self._done = env.dbs["done"]
+
+    @classmethod
+    def open(cls, data_dir: Path, shard: int, map_size: int, sync: bool) -> CubeTables:
+        return cls(Environment(shard_path(data_dir, shard), map_size, sync, DB_NAMES))
+
+    # cube state
+    def load_state(self, txn: lmdb.Transaction, cube: bytes) -> CubeState | None:
+        raw = txn.get(cube, db=self._cube)
+        return None if raw is None else CubeState.model_validate_json(raw)
+
+    def save_state(self, txn: lmdb.Transaction, cube: bytes, state: CubeState) -> None:
+        txn.put(cube, state.model_dump_json().encode(), db=self._cube)
+
+    def iter_cubes(self, txn: lmdb.Transaction, user_id: str) -> Iterator[CubeState]:
+        """The cubes of one user (cube keys start with the user id)."""
+        prefix = user_id.encode() + keys.CUBE_SEP
+        cursor = txn.cursor(db=self._cube)
+        if not cursor.set_range(prefix):
+            return
+        for key, raw in cursor:
+            if not key.startswith(prefix):
+                break
+            yield CubeState.model_validate_json(raw)
+
+    # memories
+    def get_memory(self, txn: lmdb.Transaction, cube: bytes, memory_type: MemoryType, memory_id: str) -> MemoryItem | None:
+        raw = txn.get(keys.memory_key(cube, memory_type, memory_id), db=self._memory)
+        return None if raw is None else MemoryItem.model_validate_json(raw)
+
+    def put_memory(self, txn: lmdb.Transaction, cube: bytes, item: MemoryItem) -> None:
+        txn.put(keys.memory_key(cube, item.memory_type, item.id), item.model_dump_json().encode(), db=self._memory)
+
+    def delete_memory(self, txn: lmdb.Transaction, cube: bytes, memory_type: MemoryType, memory_id: str) -> None:
+        txn.delete(keys.memory_key(cube, memory_type, memory_id), db=self._memory)
+
+    def iter_memories(self, txn: lmdb.Transaction, cube: bytes, memory_type: MemoryType) -> Iterator[MemoryItem]:
+        prefix = keys.memory_prefix(cube, memory_type)
+        cursor = txn.cursor(db=self._memory)
+        if not cursor.set_range(prefix):
+            return
+        for key, raw in cursor:
+            if not key.startswith(prefix):
+                break
+            yield MemoryItem.model_validate_json(raw)
+
+    def archive_memory(self, txn: lmdb.Transaction, cube: bytes, item: MemoryItem) -> None:
+        """Evicted memories stay retrievable here, keyed like live ones."""
+        txn.put(keys.memory_key(cube, item.memory_type, item.id), item.model_dump_json().encode(), db=self._archive)
+
+    def iter_archive(self, txn: lmdb.Transaction, cube: bytes, memory_type: MemoryType) -> Iterator[MemoryItem]:
+        prefix = keys.memory_prefix(cube, memory_type)
+        cursor = txn.cursor(db=self._archive)
+        if not cursor.set_range(prefix):
+            return
+        for key, raw in cursor:
+            if not key.startswith(prefix):
+                break
+            yield MemoryItem.model_validate_json(raw)
+
+    # log history
+    def append_log(self, txn: lmdb.Transaction, cube: bytes, log: LogItem, keep: int) -> None:
+        txn.put(keys.history_key(cube, log.sequence), log.model_dump_json().encode(), db=self._history)
+        if log.sequence > keep:
+            txn.delete(keys.history_key(cube, log.sequence - keep), db=self._history)
+
+    def history(self, txn: lmdb.Transaction, cube: bytes, last: int) -> list[LogItem]:
+        """The ``last`` most recent log items of the cube, oldest first."""
+        if last <= 0:
+            return []
+        prefix = keys.history_prefix(cube)
+        cursor = txn.cursor(db=self._history)
+        out: list[bytes] = []
+        if not cursor.set_range(prefix + b"\xff" * 8):
+            if not cursor.last():
+                return []
+        elif not cursor.prev():
+            return []
+        while len(out) < last:
+            key = cursor.key()
+            if not key.startswith(prefix) or len(key) != len(prefix) + 8:
+                break
+            out.append(cursor.value())
+            if not cursor.prev():
+                break
+        return [LogItem.model_validate_json(raw) for raw in reversed(out)]
+
+    # exactly-once markers, keyed by inbox sequence number
+    def is_done(self, txn: lmdb.Transaction, seq: int) -> bool:
+        return txn.get(keys.seq_key(seq), db=self._done) is not None
+
+    def mark_done(self, txn: lmdb.Transaction, seq: int, item_id: str) -> None:
+        txn.put(keys.seq_key(seq), item_id.encode(), db=self._done)
+
+    def prune_done(self, txn: lmdb.Transaction, below: int) -> None:
+        """Markers below the inbox's low-water mark guard nothing: their items left the inbox."""
+        cursor = txn.cursor(db=self._done)
+        if not cursor.first():
+            return
+        while int.from_bytes(cursor.key(), "big") < below:
+            if not cursor.delete():
+                break

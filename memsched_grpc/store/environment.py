@@ -1,0 +1,103 @@
+"""One LMDB environment: opening with the project's options, transactions, and the one grow-and-retry path."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+import lmdb
+
+from memsched_grpc.errors import StorageError
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+MAX_DBS = 16
+MAX_READERS = 512
+MAX_GROWTHS_PER_WRITE = 8
+
+
+class Environment:
+    """An LMDB environment opened once per process (py-lmdb refuses a second open in one process).
+
+    ``max_dbs`` and ``max_readers`` are fixed by the first opener, so every process opens with the
+    constants above. Writes go through :meth:`write`, which grows the map and retries on MapFullError.
+    """
+
+    def __init__(self, path: Path, map_size: int, sync: bool, db_names: tuple[str, ...]) -> None:
+        path.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._grow_lock = threading.Lock()
+        try:
+            self.env = lmdb.open(
+                str(path),
+                map_size=map_size,
+                max_dbs=MAX_DBS,
+                max_readers=MAX_READERS,
+                sync=sync,
+                metasync=sync,
+                readahead=False,
+                lock=True,
+            )
+        except lmdb.Error as e:
+            raise StorageError(f"cannot open LMDB environment {path}: {e}") from e
+        # A process killed while reading leaves its slot taken; clear such slots before anyone waits on them.
+        stale = self.env.reader_check()
+        if stale:
+            log.warning("cleared %d stale LMDB reader slots in %s", stale, path)
+        self.dbs: dict[str, Any] = {}
+        with self.env.begin(write=True) as txn:
+            for name in db_names:
+                self.dbs[name] = self.env.open_db(name.encode(), txn=txn, create=True)
+
+    def write(self, fn: Callable[[lmdb.Transaction], T]) -> T:
+        """Run ``fn`` in one write transaction and commit; ``fn`` may run again after the map grew."""
+        for _ in range(MAX_GROWTHS_PER_WRITE):
+            try:
+                with self.env.begin(write=True) as txn:
+                    return fn(txn)
+            except lmdb.MapFullError:
+                self.grow()
+            except lmdb.MapResizedError:
+                self._adopt_size()
+            except lmdb.DiskError as e:
+                raise StorageError(f"disk error in {self.path}: {e}") from e
+            except lmdb.Error as e:
+                if "No space left" in str(e) or "ENOSPC" in str(e):
+                    raise StorageError(f"disk full writing {self.path}: {e}") from e
+                raise
+        raise StorageError(f"LMDB map of {self.path} could not grow enough for one transaction")
+
+    @contextmanager
+    def read(self) -> Iterator[lmdb.Transaction]:
+        """A read-only snapshot; values must be copied out before the block ends."""
+        try:
+            txn = self.env.begin(buffers=False)
+        except lmdb.MapResizedError:
+            self._adopt_size()
+            txn = self.env.begin(buffers=False)
+        try:
+            yield txn
+        finally:
+            txn.abort()
+
+    def grow(self) -> None:
+        with self._grow_lock:
+            size = self.env.info()["map_size"] * 2
+            log.info("growing LMDB map of %s to %d MiB", self.path, size // (1 << 20))
+            self.env.set_mapsize(size)
+
+    def _adopt_size(self) -> None:
+        """Another process grew the map: take its size (0 means 'the current size on disk')."""
+        with self._grow_lock:
+            self.env.set_mapsize(0)
+
+    def sync(self) -> None:
+        self.env.sync(True)
+
+    def close(self) -> None:
+        self.env.close()

@@ -1,0 +1,265 @@
+"""The worker process: takes accepted messages from its queue, runs their handlers in per-cube order,
+commits effects and exactly-once markers in one LMDB transaction per batch, and reports results.
+
+Runs in a spawned child and never imports grpc. Failures are honest: a handler that raises is retried
+with backoff (holding back only its own cube) and reported failed after the last attempt, never completed.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import time
+from collections import OrderedDict, deque
+from dataclasses import dataclass
+from multiprocessing.sharedctypes import Synchronized
+from queue import Empty
+from typing import Any, Protocol
+
+import lmdb
+
+from memsched_grpc import convert
+from memsched_grpc.config import Settings
+from memsched_grpc.cube import Cube
+from memsched_grpc.errors import StorageError
+from memsched_grpc.handlers import Handler, HandlerContext, build_registry
+from memsched_grpc.models import Message
+from memsched_grpc.store import keys
+from memsched_grpc.store.cubes import CubeTables
+from memsched_grpc.store.shards import ShardSet
+
+log = logging.getLogger(__name__)
+
+# Wire formats between the server process and a worker: plain tuples pickle ten times faster than objects.
+TaskTuple = tuple[int, int, bytes]  # (inbox seq, attempts so far, ScheduleMessageItem bytes)
+Batch = tuple[int, list[TaskTuple]]  # (inbox low-water seq, tasks)
+OK, RETRY, FAILED = "ok", "retry", "failed"
+ResultTuple = tuple[int, str, str, int, list[bytes]]  # (seq, outcome, error, attempts, log items as JSON)
+
+PRUNE_INTERVAL = 5.0
+
+
+class TaskSource(Protocol):
+    def get(self, block: bool = True, timeout: float | None = None) -> Batch | None: ...
+
+
+class ResultSink(Protocol):
+    def put(self, obj: list[ResultTuple]) -> None: ...
+
+
+@dataclass(slots=True)
+class Pending:
+    seq: int
+    attempts: int
+    message: Message
+
+
+class Worker:
+    def __init__(
+        self, settings: Settings, tasks: TaskSource, results: ResultSink, current: Synchronized[int] | None = None
+    ) -> None:
+        self.settings = settings
+        self.tasks = tasks
+        self.results = results
+        self.current = current
+        self.registry: dict[str, Handler] = build_registry(settings.handlers)
+        self.shards = ShardSet(settings.storage, settings.storage.shards)
+        self.cubes: OrderedDict[bytes, Cube] = OrderedDict()
+        self.queues: OrderedDict[bytes, deque[Pending]] = OrderedDict()
+        self.blocked: dict[bytes, float] = {}
+        self.low_water = 0
+        self.stopping = False
+        self._last_prune: dict[int, float] = {}
+
+    # the loop
+    def run(self) -> None:
+        while not self.stopping:
+            self.run_once(timeout=0.5)
+        self.close()
+
+    def run_once(self, timeout: float) -> bool:
+        """Take what arrived (waiting at most ``timeout`` when idle), handle what is ready; False on stop."""
+        if not self._receive(self._wait_time(timeout)):
+            self.stopping = True
+            return False
+        self._process_ready()
+        return True
+
+    def _wait_time(self, timeout: float) -> float:
+        if any(cube not in self.blocked for cube in self.queues):
+            return 0.0
+        if self.blocked:
+            return max(0.0, min(min(self.blocked.values()) - time.monotonic(), timeout))
+        return timeout
+
+    def _receive(self, wait: float) -> bool:
+        try:
+            batch = self.tasks.get(timeout=wait) if wait > 0 else self.tasks.get(block=False)
+        except Empty:
+            return True
+        while True:
+            if batch is None:
+                return False
+            low_water, tasks = batch
+            self.low_water = max(self.low_water, low_water)
+            for seq, attempts, payload in tasks:
+                message = convert.message_from_bytes(payload)
+                cube = keys.cube_key(message.user_id, message.mem_cube_id)
+                self.queues.setdefault(cube, deque()).append(Pending(seq, attempts, message))
+            try:
+                batch = self.tasks.get(block=False)
+            except Empty:
+                return True
+
+    def _process_ready(self) -> None:
+        now = time.monotonic()
+        for cube, until in list(self.blocked.items()):
+            if until <= now:
+                del self.blocked[cube]
+        budget = self.settings.workers.batch_size
+        by_shard: dict[int, list[tuple[bytes, list[Pending]]]] = {}
+        for cube, queue in list(self.queues.items()):
+            if cube in self.blocked or budget <= 0:
+                continue
+            take = [queue.popleft() for _ in range(min(budget, len(queue)))]
+            budget -= len(take)
+            if not queue:
+                del self.queues[cube]
+            first = take[0].message
+            shard = self.shards.shard_of(first.user_id, first.mem_cube_id)
+            by_shard.setdefault(shard, []).append((cube, take))
+        for shard, work in by_shard.items():
+            self._process_shard(shard, work)
+
+    # one transaction per shard and batch
+    def _process_shard(self, shard: int, work: list[tuple[bytes, list[Pending]]]) -> None:
+        tables = self.shards.tables(shard)
+        attempt = 0
+        plan: _Plan
+
+        def apply(txn: lmdb.Transaction) -> _Plan:
+            nonlocal attempt
+            attempt += 1
+            if attempt > 1:  # the map grew and the batch runs again: in-memory cubes may hold rolled-back changes
+                for cube_key, _ in work:
+                    self.cubes.pop(cube_key, None)
+            plan = _Plan()
+            for cube_key, items in work:
+                self._handle_cube(tables, txn, cube_key, items, plan)
+            if time.monotonic() - self._last_prune.get(shard, 0.0) > PRUNE_INTERVAL and self.low_water:
+                tables.prune_done(txn, self.low_water)
+                self._last_prune[shard] = time.monotonic()
+            return plan
+
+        try:
+            plan = tables.env.write(apply)
+        except (StorageError, lmdb.Error) as e:
+            log.exception("shard %d: transaction failed, %d cubes will retry", shard, len(work))
+            plan = _Plan()
+            for cube_key, items in work:
+                self.cubes.pop(cube_key, None)
+                self._fail(cube_key, items, f"storage: {e}", plan)
+        for cube_key, items in plan.requeue:
+            queue = self.queues.setdefault(cube_key, deque())
+            queue.extendleft(reversed(items))
+            self.queues.move_to_end(cube_key, last=False)
+        self.blocked.update(plan.blocked)
+        if plan.results:
+            self.results.put(plan.results)
+
+    def _handle_cube(
+        self, tables: CubeTables, txn: lmdb.Transaction, cube_key: bytes, items: list[Pending], plan: _Plan
+    ) -> None:
+        for i, pending in enumerate(items):
+            message = pending.message
+            if self.current is not None:
+                self.current.value = pending.seq
+            if tables.is_done(txn, pending.seq):
+                plan.results.append((pending.seq, OK, "", pending.attempts, []))
+                continue
+            child = tables.env.env.begin(write=True, parent=txn)
+            try:
+                cube = self._cube(tables, child, cube_key, message)
+                cube.txn = child
+                ctx = HandlerContext(message, cube, self.settings.scheduler)
+                self.registry[message.label](ctx)
+                tables.mark_done(child, pending.seq, message.item_id)
+                child.commit()
+            except (lmdb.MapFullError, lmdb.MapResizedError):
+                child.abort()
+                raise
+            except Exception as e:
+                child.abort()
+                self.cubes.pop(cube_key, None)
+                log.warning(
+                    "handler %s failed item_id=%s user_id=%s mem_cube_id=%s attempt=%d",
+                    message.label, message.item_id, message.user_id, message.mem_cube_id, pending.attempts + 1,
+                    exc_info=True,
+                )
+                if self._fail(cube_key, items[i:], f"{type(e).__name__}: {e}", plan):
+                    return
+                continue
+            finally:
+                cube_ref = self.cubes.get(cube_key)
+                if cube_ref is not None:
+                    cube_ref.txn = None
+            plan.results.append((pending.seq, OK, "", pending.attempts + 1, [log.model_dump_json().encode() for log in ctx.logs]))
+
+    def _fail(self, cube_key: bytes, rest: list[Pending], error: str, plan: _Plan) -> bool:
+        """Count a failed attempt of rest[0]. Returns True when the cube waits for a retry (rest is requeued)."""
+        pending = rest[0]
+        pending.attempts += 1
+        cfg = self.settings.workers
+        if pending.attempts >= cfg.max_attempts:
+            plan.results.append((pending.seq, FAILED, error, pending.attempts, []))
+            if len(rest) > 1:
+                plan.requeue.append((cube_key, rest[1:]))
+            return True
+        plan.results.append((pending.seq, RETRY, error, pending.attempts, []))
+        backoff = min(cfg.retry_backoff_seconds * 2 ** (pending.attempts - 1), cfg.retry_backoff_max_seconds)
+        plan.blocked[cube_key] = time.monotonic() + backoff
+        plan.requeue.append((cube_key, rest))
+        return True
+
+    def _cube(self, tables: CubeTables, txn: lmdb.Transaction, cube_key: bytes, message: Message) -> Cube:
+        cube = self.cubes.get(cube_key)
+        if cube is None:
+            cube = Cube.load(
+                tables, txn, message.user_id, message.mem_cube_id,
+                self.settings.scheduler.capacities, self.settings.storage.history_per_cube,
+            )
+            self.cubes[cube_key] = cube
+            while len(self.cubes) > self.settings.workers.max_cached_cubes:
+                self.cubes.popitem(last=False)
+        else:
+            self.cubes.move_to_end(cube_key)
+        return cube
+
+    def close(self) -> None:
+        self.shards.close()
+
+
+class _Plan:
+    """What a batch decided, applied only after its transaction committed."""
+
+    def __init__(self) -> None:
+        self.results: list[ResultTuple] = []
+        self.requeue: list[tuple[bytes, list[Pending]]] = []
+        self.blocked: dict[bytes, float] = {}
+
+
+def worker_main(
+    index: int, settings: Settings, tasks: Any, results: Any, current: Synchronized[int], booted: Any
+) -> None:
+    """Entry point of a spawned worker. SIGINT belongs to the server (it drains); SIGTERM stops after the batch."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    logging.basicConfig(level=settings.log_level, format=f"%(asctime)s worker-{index} %(levelname)s %(name)s: %(message)s")
+    worker = Worker(settings, tasks, results, current)
+
+    def stop(signum: int, frame: Any) -> None:
+        worker.stopping = True
+
+    signal.signal(signal.SIGTERM, stop)
+    booted.set()
+    worker.run()
+
