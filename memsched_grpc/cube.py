@@ -65,8 +65,13 @@ class Cube:
 
     @classmethod
     def load(
-        cls, tables: CubeTables, txn: lmdb.Transaction, user_id: str, mem_cube_id: str,
-        capacities: MemoryCapacities, history_keep: int,
+        cls,
+        tables: CubeTables,
+        txn: lmdb.Transaction,
+        user_id: str,
+        mem_cube_id: str,
+        capacities: MemoryCapacities,
+        history_keep: int,
     ) -> Cube:
         key = keys.cube_key(user_id, mem_cube_id)
         state = tables.load_state(txn, key) or CubeState(user_id=user_id, mem_cube_id=mem_cube_id)
@@ -190,7 +195,9 @@ class Cube:
     def _remember(self, item: MemoryItem) -> None:
         tokens = tuple(tokenize(item.memory))
         fingerprint = text_fingerprint(item.memory)
-        self.entries[item.id] = Entry(item.memory_type, fingerprint, item.usage_count, item.updated_at.timestamp(), tokens)
+        self.entries[item.id] = Entry(
+            item.memory_type, fingerprint, item.usage_count, item.updated_at.timestamp(), tokens
+        )
         self.by_fingerprint[fingerprint] = item.id
         self.index.add(item.id, tokens)
 

@@ -140,7 +140,9 @@ class Dispatcher:
             try:
                 self._finish(batch)
             except Exception:
-                log.exception("finishing %d result batches failed; their items stay pending and will be redelivered", len(batch))
+                log.exception(
+                    "finishing %d result batches failed; their items stay pending and will be redelivered", len(batch)
+                )
 
     def _finish(self, batch: list[tuple[int, list[ResultTuple]]]) -> None:
         finished: list[Finished] = []
@@ -156,7 +158,9 @@ class Dispatcher:
                         continue
                     state = TaskState.COMPLETED if outcome == OK else TaskState.FAILED
                     record.error = error if outcome == FAILED else ""
-                    finished.append(Finished(record, state, record.error, [LogItem.model_validate_json(j) for j in logs]))
+                    finished.append(
+                        Finished(record, state, record.error, [LogItem.model_validate_json(j) for j in logs])
+                    )
         self._complete(finished)
 
     def _complete(self, finished: list[Finished]) -> None:
@@ -214,6 +218,7 @@ class Dispatcher:
 
     def wait_idle(self, user_id: str, mem_cube_id: str, timeout: float) -> int:
         """Wait until nothing of the user (or cube) is unfinished; returns what is still pending."""
+
         def count() -> int:
             return self._cubes[(user_id, mem_cube_id)] if mem_cube_id else self._users[user_id]
 

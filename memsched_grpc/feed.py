@@ -3,6 +3,7 @@ with a clear reason (it can resubscribe with replay) instead of growing the serv
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import threading
 from collections.abc import Iterable
@@ -59,10 +60,8 @@ class Subscription:
     def close(self) -> None:
         self.closed = True
         self.feed.unsubscribe(self)
-        try:
+        with contextlib.suppress(queue.Full):
             self._queue.put_nowait(None)
-        except queue.Full:
-            pass
 
 
 class Feed:

@@ -21,7 +21,7 @@ from memsched_grpc.config import StorageConfig
 from memsched_grpc.errors import StorageError
 from memsched_grpc.models import ItemStatus, TaskState
 from memsched_grpc.store import keys
-from memsched_grpc.store.environment import Environment
+from memsched_grpc.store.environment import Environment, as_bytes
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +123,11 @@ class Inbox:
                 put(keys.seq_key(seq), now.to_bytes(8, "big") + item.payload, db=self._pending, append=True)
                 if item.task_id:
                     put(item.task_id.encode() + keys.CUBE_SEP + item_key, b"", db=self._tasks)
-                out.append(Record(seq, item.item_id, item.user_id, item.mem_cube_id, item.label, item.task_id, item.payload, now))
+                out.append(
+                    Record(
+                        seq, item.item_id, item.user_id, item.mem_cube_id, item.label, item.task_id, item.payload, now
+                    )
+                )
                 seq += 1
             put(b"next_seq", seq.to_bytes(8, "big"), db=self._meta)
             return out
@@ -153,11 +157,18 @@ class Inbox:
 
         with self.env.read() as txn:
             rows = list(txn.cursor(db=self._pending))
-        for key, value in rows:
+        for key, raw in rows:
+            value = as_bytes(raw)
             item = items_pb2.ScheduleMessageItem.FromString(value[8:])
             yield Record(
-                int.from_bytes(key, "big"), item.item_id, item.user_id, item.mem_cube_id, item.label,
-                item.task_id, value[8:], int.from_bytes(value[:8], "big"),
+                int.from_bytes(key, "big"),
+                item.item_id,
+                item.user_id,
+                item.mem_cube_id,
+                item.label,
+                item.task_id,
+                value[8:],
+                int.from_bytes(value[:8], "big"),
             )
 
     def status(self, item_id: str) -> ItemStatus | None:
@@ -167,16 +178,21 @@ class Inbox:
             if raw is None:
                 return None
             if raw[:1] != _WAITING:
-                return ItemStatus.model_validate_json(raw[9:])
-            pending = txn.get(raw[1:9], db=self._pending)
+                return ItemStatus.model_validate_json(as_bytes(raw)[9:])
+            pending = txn.get(as_bytes(raw)[1:9], db=self._pending)
         if pending is None:
             return None
         from memsched.v1 import items_pb2
 
+        pending = as_bytes(pending)
         item = items_pb2.ScheduleMessageItem.FromString(pending[8:])
         return ItemStatus(
-            item_id=item.item_id, user_id=item.user_id, mem_cube_id=item.mem_cube_id, label=item.label,
-            task_id=item.task_id, state=TaskState.WAITING,
+            item_id=item.item_id,
+            user_id=item.user_id,
+            mem_cube_id=item.mem_cube_id,
+            label=item.label,
+            task_id=item.task_id,
+            state=TaskState.WAITING,
             accepted_at=datetime.fromtimestamp(int.from_bytes(pending[:8], "big") / 1e9, UTC),
             seq=int.from_bytes(raw[1:9], "big"),
         )
@@ -187,7 +203,8 @@ class Inbox:
         with self.env.read() as txn:
             cursor = txn.cursor(db=self._tasks)
             if cursor.set_range(prefix):
-                for key in cursor.iternext(values=False):
+                for raw in cursor.iternext(values=False):
+                    key = as_bytes(raw)
                     if not key.startswith(prefix):
                         break
                     out.append(key[len(prefix) :].decode())

@@ -6,6 +6,7 @@ A dead worker's queues are thrown away with it; the dispatcher redelivers what i
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing
 import threading
@@ -14,7 +15,6 @@ from multiprocessing.context import SpawnProcess
 from multiprocessing.queues import Queue
 from multiprocessing.sharedctypes import Synchronized
 from queue import Empty
-
 
 from memsched_grpc.config import Settings
 from memsched_grpc.errors import MemschedError
@@ -33,7 +33,7 @@ class WorkerSlot:
         self.process: SpawnProcess | None = None
         self.tasks: Queue[Batch | None] = _ctx.Queue()
         self.results: Queue[list[ResultTuple]] = _ctx.Queue()
-        self.current: Synchronized[int] = _ctx.Value("q", 0, lock=False)  # type: ignore[assignment]
+        self.current: Synchronized[int] = _ctx.Value("q", 0, lock=False)
         self.restarts = 0
 
 
@@ -82,7 +82,9 @@ class WorkerPool:
         process.start()
         if not booted.wait(self.settings.workers.boot_timeout_seconds):
             process.kill()
-            raise MemschedError(f"worker {slot.index} did not boot within {self.settings.workers.boot_timeout_seconds}s")
+            raise MemschedError(
+                f"worker {slot.index} did not boot within {self.settings.workers.boot_timeout_seconds}s"
+            )
         if not process.is_alive():
             raise MemschedError(f"worker {slot.index} exited during boot with code {process.exitcode}")
         slot.process = process
@@ -119,7 +121,10 @@ class WorkerPool:
         culprit = slot.current.value
         log.error(
             "worker %d (pid %s) died with exit code %s while handling seq %d; restarting",
-            slot.index, process.pid if process else None, process.exitcode if process else None, culprit,
+            slot.index,
+            process.pid if process else None,
+            process.exitcode if process else None,
+            culprit,
         )
         with self._lock:
             for q in (slot.tasks, slot.results):
@@ -132,13 +137,14 @@ class WorkerPool:
         self.on_death(slot.index, culprit)
 
     def stop(self, timeout: float = 10.0) -> None:
-        """Ask every worker to stop after its current batch; kill those that do not."""
+        """Ask every worker to stop after the message it is handling (SIGTERM sets its flag); kill those
+        that do not stop in time. What they did not finish stays in the inbox."""
         self._stopping.set()
         for slot in self.slots:
-            try:
+            with contextlib.suppress(ValueError, OSError):
                 slot.tasks.put(None)
-            except (ValueError, OSError):
-                pass
+            if slot.process is not None and slot.process.is_alive():
+                slot.process.terminate()
         for slot in self.slots:
             if slot.process is None:
                 continue
@@ -159,5 +165,3 @@ class WorkerPool:
 
     def restarts(self) -> int:
         return sum(s.restarts for s in self.slots)
-
-

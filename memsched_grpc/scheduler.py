@@ -118,7 +118,9 @@ class MemScheduler:
     def _prepare(self, item: items_pb2.ScheduleMessageItem) -> Incoming:
         if not item.HasField("timestamp"):
             item.timestamp.GetCurrentTime()
-        return Incoming(item.item_id, item.user_id, item.mem_cube_id, item.label, item.task_id, item.SerializeToString())
+        return Incoming(
+            item.item_id, item.user_id, item.mem_cube_id, item.label, item.task_id, item.SerializeToString()
+        )
 
     def open_session(self) -> Session:
         session = Session()
@@ -132,7 +134,9 @@ class MemScheduler:
             for item_id in [k for k, v in self._origins.items() if v is session]:
                 del self._origins[item_id]
 
-    def submit_stream(self, session: Session, items: Sequence[items_pb2.ScheduleMessageItem], stop: threading.Event) -> None:
+    def submit_stream(
+        self, session: Session, items: Sequence[items_pb2.ScheduleMessageItem], stop: threading.Event
+    ) -> None:
         """Validate, wait for backlog room (flow control: the stream is not read meanwhile), store; acks,
         rejections and later completions and log items arrive on the session."""
         rejections: list[Rejection] = []
@@ -276,10 +280,14 @@ class MemScheduler:
                 elif memory_type in (MemoryType.LONG_TERM, MemoryType.USER):
                     size = state.long_term_size if memory_type == MemoryType.LONG_TERM else state.user_size
                     capacity = (
-                        caps.long_term_memory_capacity if memory_type == MemoryType.LONG_TERM else caps.user_memory_capacity
+                        caps.long_term_memory_capacity
+                        if memory_type == MemoryType.LONG_TERM
+                        else caps.user_memory_capacity
                     )
                     part = Partition(memory_type, size, capacity)
-                    items = sorted(tables.iter_memories(txn, key, memory_type), key=lambda m: m.created_at, reverse=True)
+                    items = sorted(
+                        tables.iter_memories(txn, key, memory_type), key=lambda m: m.created_at, reverse=True
+                    )
                     part.items = [(m, None) for m in items[: limit or None]]
                 elif memory_type == MemoryType.ACTIVATION:
                     part = Partition(memory_type, state.activation_size, caps.transformed_act_memory_capacity)
@@ -307,13 +315,15 @@ class MemScheduler:
         return out
 
     def cubes_of(self, user_id: str) -> list[str]:
-        out = []
+        out: list[str] = []
         for tables in self.shards.all():
             with tables.env.read() as txn:
                 out.extend(state.mem_cube_id for state in tables.iter_cubes(txn, user_id))
         return sorted(out)
 
-    def watch(self, user_id: str, mem_cube_id: str, labels: Sequence[str], replay: int) -> tuple[Subscription, list[LogItem]]:
+    def watch(
+        self, user_id: str, mem_cube_id: str, labels: Sequence[str], replay: int
+    ) -> tuple[Subscription, list[LogItem]]:
         """Subscribe first, then read history, so nothing falls between replay and live items."""
         sub = self.feed.subscribe(user_id, mem_cube_id, labels)
         replayed = [log for log in self.history(user_id, mem_cube_id, replay) if sub.matches(log)]

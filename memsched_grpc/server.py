@@ -74,8 +74,14 @@ class SchedulerServer:
         self._server = server
         for name in ("", SERVICE_NAME):
             self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
-        log.info("memsched %s listening on %s (port %d), %d workers, data in %s",
-                 self.scheduler.version, cfg.address, self.port, self.settings.workers.count, self.settings.storage.data_dir)
+        log.info(
+            "memsched %s listening on %s (port %d), %d workers, data in %s",
+            self.scheduler.version,
+            cfg.address,
+            self.port,
+            self.settings.workers.count,
+            self.settings.storage.data_dir,
+        )
         return self.port
 
     @property

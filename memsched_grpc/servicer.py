@@ -77,9 +77,13 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
             stop.set()
             self.scheduler.close_session(session)
 
-    def Submit(self, request: scheduler_pb2.SubmitRequest, context: grpc.ServicerContext) -> scheduler_pb2.SubmitResponse:
+    def Submit(
+        self, request: scheduler_pb2.SubmitRequest, context: grpc.ServicerContext
+    ) -> scheduler_pb2.SubmitResponse:
         acks = self._call(context, lambda: self.scheduler.submit(request.items))
-        return scheduler_pb2.SubmitResponse(acks=[scheduler_pb2.ItemAck(item_id=a.item_id, duplicate=a.duplicate) for a in acks])
+        return scheduler_pb2.SubmitResponse(
+            acks=[scheduler_pb2.ItemAck(item_id=a.item_id, duplicate=a.duplicate) for a in acks]
+        )
 
     def WatchLogs(
         self, request: scheduler_pb2.WatchLogsRequest, context: grpc.ServicerContext
@@ -110,7 +114,9 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
         finally:
             sub.close()
 
-    def GetMemory(self, request: scheduler_pb2.GetMemoryRequest, context: grpc.ServicerContext) -> scheduler_pb2.GetMemoryResponse:
+    def GetMemory(
+        self, request: scheduler_pb2.GetMemoryRequest, context: grpc.ServicerContext
+    ) -> scheduler_pb2.GetMemoryResponse:
         def read() -> scheduler_pb2.GetMemoryResponse:
             _require("user_id", request.user_id)
             _require("mem_cube_id", request.mem_cube_id)
@@ -143,7 +149,9 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
 
         return self._call(context, read)
 
-    def GetStatus(self, request: scheduler_pb2.GetStatusRequest, context: grpc.ServicerContext) -> scheduler_pb2.GetStatusResponse:
+    def GetStatus(
+        self, request: scheduler_pb2.GetStatusRequest, context: grpc.ServicerContext
+    ) -> scheduler_pb2.GetStatusResponse:
         def read() -> scheduler_pb2.GetStatusResponse:
             target = request.WhichOneof("target")
             if target == "item_id" and request.item_id:
@@ -160,10 +168,14 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
 
         return self._call(context, read)
 
-    def WaitIdle(self, request: scheduler_pb2.WaitIdleRequest, context: grpc.ServicerContext) -> scheduler_pb2.WaitIdleResponse:
+    def WaitIdle(
+        self, request: scheduler_pb2.WaitIdleRequest, context: grpc.ServicerContext
+    ) -> scheduler_pb2.WaitIdleResponse:
         def wait() -> scheduler_pb2.WaitIdleResponse:
             _require("user_id", request.user_id)
-            timeout = request.timeout.ToTimedelta().total_seconds() if request.HasField("timeout") else DEFAULT_WAIT_SECONDS
+            timeout = (
+                request.timeout.ToTimedelta().total_seconds() if request.HasField("timeout") else DEFAULT_WAIT_SECONDS
+            )
             if timeout < 0:
                 raise InvalidRequest("timeout", "must not be negative")
             pending = self.scheduler.wait_idle(request.user_id, request.mem_cube_id, timeout)
@@ -171,7 +183,9 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
 
         return self._call(context, wait)
 
-    def GetInfo(self, request: scheduler_pb2.GetInfoRequest, context: grpc.ServicerContext) -> scheduler_pb2.GetInfoResponse:
+    def GetInfo(
+        self, request: scheduler_pb2.GetInfoRequest, context: grpc.ServicerContext
+    ) -> scheduler_pb2.GetInfoResponse:
         s = self.scheduler
         return scheduler_pb2.GetInfoResponse(
             labels=s.labels,
@@ -198,7 +212,9 @@ def _session_response(events: list[Event]) -> scheduler_pb2.SessionResponse:
                 item_id=event.item_id, index=event.index, code=int(event.code), field=event.field, reason=event.reason
             )
         elif isinstance(event, Completion):
-            response.completions.add(item_id=event.item_id, status=convert.STATE_TO_PROTO[event.state], error=event.error)
+            response.completions.add(
+                item_id=event.item_id, status=convert.STATE_TO_PROTO[event.state], error=event.error
+            )
         else:
             response.logs.append(convert.log_to_proto(event))
     return response

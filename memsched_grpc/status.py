@@ -36,7 +36,9 @@ def to_status(error: Exception) -> grpc.Status:
             message += f"; and {len(violations) - 5} more"
         return _status(code_pb2.INVALID_ARGUMENT, message, _bad_request(violations))
     if isinstance(error, InvalidItem | InvalidRequest):
-        return _status(code_pb2.INVALID_ARGUMENT, f"{error.field}: {error.rule}", _bad_request([(error.field, error.rule)]))
+        return _status(
+            code_pb2.INVALID_ARGUMENT, f"{error.field}: {error.rule}", _bad_request([(error.field, error.rule)])
+        )
     if isinstance(error, NotFound):
         return _status(code_pb2.NOT_FOUND, str(error))
     if isinstance(error, Overloaded):

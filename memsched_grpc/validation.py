@@ -38,7 +38,9 @@ class ItemValidator:
             if value:
                 self._check_id(name, value, item_id, index)
         if item.label not in self._labels:
-            raise InvalidItem("label", f"unknown label {item.label!r}; registered labels: {self._label_list}", item_id, index)
+            raise InvalidItem(
+                "label", f"unknown label {item.label!r}; registered labels: {self._label_list}", item_id, index
+            )
         limit = self._limits.max_content_bytes
         # len(str) <= bytes <= 4·len(str): only encode when the cheap bound cannot decide.
         if len(item.content) * 4 > limit and len(item.content.encode("utf-8")) > limit:
@@ -60,9 +62,14 @@ class ItemValidator:
     def _check_timestamp(self, item: items_pb2.ScheduleMessageItem, index: int) -> None:
         ts = item.timestamp
         if not (_TS_MIN <= ts.seconds <= _TS_MAX) or not (0 <= ts.nanos < 1_000_000_000):
-            raise InvalidItem("timestamp", "must be a valid google.protobuf.Timestamp (years 1-9999)", item.item_id, index)
+            raise InvalidItem(
+                "timestamp", "must be a valid google.protobuf.Timestamp (years 1-9999)", item.item_id, index
+            )
         skew = self._limits.timestamp_skew_days * 86400
         if abs(ts.seconds - time.time()) > skew:
             raise InvalidItem(
-                "timestamp", f"must be within {self._limits.timestamp_skew_days} days of the server's clock", item.item_id, index
+                "timestamp",
+                f"must be within {self._limits.timestamp_skew_days} days of the server's clock",
+                item.item_id,
+                index,
             )

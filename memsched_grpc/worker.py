@@ -171,6 +171,9 @@ class Worker:
         self, tables: CubeTables, txn: lmdb.Transaction, cube_key: bytes, items: list[Pending], plan: _Plan
     ) -> None:
         for i, pending in enumerate(items):
+            if self.stopping:  # asked to stop: commit what is done, the rest stays in the inbox
+                plan.requeue.append((cube_key, items[i:]))
+                return
             message = pending.message
             if self.current is not None:
                 self.current.value = pending.seq
@@ -193,7 +196,11 @@ class Worker:
                 self.cubes.pop(cube_key, None)
                 log.warning(
                     "handler %s failed item_id=%s user_id=%s mem_cube_id=%s attempt=%d",
-                    message.label, message.item_id, message.user_id, message.mem_cube_id, pending.attempts + 1,
+                    message.label,
+                    message.item_id,
+                    message.user_id,
+                    message.mem_cube_id,
+                    pending.attempts + 1,
                     exc_info=True,
                 )
                 if self._fail(cube_key, items[i:], f"{type(e).__name__}: {e}", plan):
@@ -203,7 +210,9 @@ class Worker:
                 cube_ref = self.cubes.get(cube_key)
                 if cube_ref is not None:
                     cube_ref.txn = None
-            plan.results.append((pending.seq, OK, "", pending.attempts + 1, [log.model_dump_json().encode() for log in ctx.logs]))
+            plan.results.append(
+                (pending.seq, OK, "", pending.attempts + 1, [log.model_dump_json().encode() for log in ctx.logs])
+            )
 
     def _fail(self, cube_key: bytes, rest: list[Pending], error: str, plan: _Plan) -> bool:
         """Count a failed attempt of rest[0]. Returns True when the cube waits for a retry (rest is requeued)."""
@@ -225,8 +234,12 @@ class Worker:
         cube = self.cubes.get(cube_key)
         if cube is None:
             cube = Cube.load(
-                tables, txn, message.user_id, message.mem_cube_id,
-                self.settings.scheduler.capacities, self.settings.storage.history_per_cube,
+                tables,
+                txn,
+                message.user_id,
+                message.mem_cube_id,
+                self.settings.scheduler.capacities,
+                self.settings.storage.history_per_cube,
             )
             self.cubes[cube_key] = cube
             while len(self.cubes) > self.settings.workers.max_cached_cubes:
@@ -253,7 +266,9 @@ def worker_main(
 ) -> None:
     """Entry point of a spawned worker. SIGINT belongs to the server (it drains); SIGTERM stops after the batch."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    logging.basicConfig(level=settings.log_level, format=f"%(asctime)s worker-{index} %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=settings.log_level, format=f"%(asctime)s worker-{index} %(levelname)s %(name)s: %(message)s"
+    )
     worker = Worker(settings, tasks, results, current)
 
     def stop(signum: int, frame: Any) -> None:
@@ -262,4 +277,3 @@ def worker_main(
     signal.signal(signal.SIGTERM, stop)
     booted.set()
     worker.run()
-

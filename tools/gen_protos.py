@@ -19,7 +19,9 @@ from grpc_tools import protoc
 ROOT = Path(__file__).resolve().parent.parent
 PROTO_ROOT = ROOT / "protos"
 PACKAGE_DIR = Path("memsched") / "v1"
-INIT_TEXT = '"""Generated protobuf and gRPC code for the memsched.v1 contract; never edit, run tools/gen_protos.py."""\n'
+INIT_TEXT = (
+    '"""Generated protobuf and gRPC code for the memsched.v1 contract; never edit, run tools/gen_protos.py."""\n'
+)
 
 
 def generate(out: Path) -> None:

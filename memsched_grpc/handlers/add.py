@@ -55,7 +55,8 @@ def parse(message: Message) -> list[NewMemory]:
     content = message.content.strip()
     info = message.info
     default_type = _memory_type(info.get("memory_type"), MemoryType.LONG_TERM)
-    base_metadata = info.get("metadata") if isinstance(info.get("metadata"), dict) else {}
+    raw_metadata = info.get("metadata")
+    base_metadata: dict[str, Any] = raw_metadata if isinstance(raw_metadata, dict) else {}
     if content.startswith("["):
         try:
             chat = json.loads(content)
@@ -107,8 +108,11 @@ def handle(ctx: HandlerContext) -> None:
             )
             cube.put(merged)
             ctx.log(
-                WebLogLabel.UPDATE_MEMORY, merged.memory_type, merged.memory_type,
-                f"[{merged.memory_type}] {merged.key}: {merged.memory}", [merged],
+                WebLogLabel.UPDATE_MEMORY,
+                merged.memory_type,
+                merged.memory_type,
+                f"[{merged.memory_type}] {merged.key}: {merged.memory}",
+                [merged],
             )
             continue
         item = MemoryItem(
@@ -126,8 +130,11 @@ def handle(ctx: HandlerContext) -> None:
             raise InvalidContent(f"memory id {item.id!r} already exists with other text")
         cube.put(item)
         ctx.log(
-            WebLogLabel.ADD_MEMORY, MemoryType.USER_INPUT, item.memory_type,
-            f"[{item.memory_type}] {item.key}: {item.memory}", [item],
+            WebLogLabel.ADD_MEMORY,
+            MemoryType.USER_INPUT,
+            item.memory_type,
+            f"[{item.memory_type}] {item.key}: {item.memory}",
+            [item],
         )
         _enforce_capacity(ctx, item.memory_type)
     cube.save()
@@ -167,6 +174,9 @@ def _enforce_capacity(ctx: HandlerContext, memory_type: MemoryType) -> None:
         if item is None:
             return
         ctx.log(
-            WebLogLabel.ARCHIVE_MEMORY, memory_type, MemoryType.NOT_APPLICABLE,
-            f"[{memory_type}→Archive] {item.key}: {item.memory}", [item],
+            WebLogLabel.ARCHIVE_MEMORY,
+            memory_type,
+            MemoryType.NOT_APPLICABLE,
+            f"[{memory_type}→Archive] {item.key}: {item.memory}",
+            [item],
         )

@@ -78,8 +78,16 @@ def handle(ctx: HandlerContext) -> None:
         cube.put(item)
         move = f"[{item.memory_type}→WorkingMemory] {item.key}: {item.memory}"
         ctx.log(
-            WebLogLabel.SCHEDULE_MEMORY, item.memory_type, MemoryType.WORKING, move, [_as_working(item)],
-            [LogEntry(content=move, ref_id=item.id, from_memory_type=item.memory_type, to_memory_type=MemoryType.WORKING)],
+            WebLogLabel.SCHEDULE_MEMORY,
+            item.memory_type,
+            MemoryType.WORKING,
+            move,
+            [_as_working(item)],
+            [
+                LogEntry(
+                    content=move, ref_id=item.id, from_memory_type=item.memory_type, to_memory_type=MemoryType.WORKING
+                )
+            ],
         )
 
     # 8. activation memory
@@ -108,6 +116,9 @@ def _refresh_activation(ctx: HandlerContext) -> None:
     state.activation_size = len(items)
     state.activation_built_at = now
     ctx.log(
-        WebLogLabel.SCHEDULE_MEMORY, MemoryType.TEXT, MemoryType.ACTIVATION,
-        f"[TextMemory→ActivationMemory] {len(items)} memories assembled", [_as_working(i) for i in items],
+        WebLogLabel.SCHEDULE_MEMORY,
+        MemoryType.TEXT,
+        MemoryType.ACTIVATION,
+        f"[TextMemory→ActivationMemory] {len(items)} memories assembled",
+        [_as_working(i) for i in items],
     )

@@ -8,12 +8,23 @@ from __future__ import annotations
 from memsched_grpc.handlers.base import Handler, HandlerContext
 from memsched_grpc.models import MemoryType, WebLogLabel
 
-QUEUED_LABELS = ("mem_update", "mem_read", "mem_organize", "mem_archive", "mem_feedback", "pref_add", "mem_dream", "api_mix_search")
+QUEUED_LABELS = (
+    "mem_update",
+    "mem_read",
+    "mem_organize",
+    "mem_archive",
+    "mem_feedback",
+    "pref_add",
+    "mem_dream",
+    "api_mix_search",
+)
 
 
 def _record(ctx: HandlerContext) -> None:
     ctx.log(
-        WebLogLabel.TASK_STATUS, MemoryType.NOT_APPLICABLE, MemoryType.NOT_APPLICABLE,
+        WebLogLabel.TASK_STATUS,
+        MemoryType.NOT_APPLICABLE,
+        MemoryType.NOT_APPLICABLE,
         f"[{ctx.message.label}] received: {ctx.message.content[:200]}",
     )
     ctx.cube.save()

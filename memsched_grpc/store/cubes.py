@@ -10,7 +10,7 @@ import lmdb
 
 from memsched_grpc.models import CubeState, LogItem, MemoryItem, MemoryType
 from memsched_grpc.store import keys
-from memsched_grpc.store.environment import Environment
+from memsched_grpc.store.environment import Environment, as_bytes
 
 DB_NAMES = ("memory", "cube", "history", "archive", "done")
 
@@ -37,7 +37,7 @@ class CubeTables:
     # cube state
     def load_state(self, txn: lmdb.Transaction, cube: bytes) -> CubeState | None:
         raw = txn.get(cube, db=self._cube)
-        return None if raw is None else CubeState.model_validate_json(raw)
+        return None if raw is None else CubeState.model_validate_json(as_bytes(raw))
 
     def save_state(self, txn: lmdb.Transaction, cube: bytes, state: CubeState) -> None:
         txn.put(cube, state.model_dump_json().encode(), db=self._cube)
@@ -49,14 +49,16 @@ class CubeTables:
         if not cursor.set_range(prefix):
             return
         for key, raw in cursor:
-            if not key.startswith(prefix):
+            if not as_bytes(key).startswith(prefix):
                 break
-            yield CubeState.model_validate_json(raw)
+            yield CubeState.model_validate_json(as_bytes(raw))
 
     # memories
-    def get_memory(self, txn: lmdb.Transaction, cube: bytes, memory_type: MemoryType, memory_id: str) -> MemoryItem | None:
+    def get_memory(
+        self, txn: lmdb.Transaction, cube: bytes, memory_type: MemoryType, memory_id: str
+    ) -> MemoryItem | None:
         raw = txn.get(keys.memory_key(cube, memory_type, memory_id), db=self._memory)
-        return None if raw is None else MemoryItem.model_validate_json(raw)
+        return None if raw is None else MemoryItem.model_validate_json(as_bytes(raw))
 
     def put_memory(self, txn: lmdb.Transaction, cube: bytes, item: MemoryItem) -> None:
         txn.put(keys.memory_key(cube, item.memory_type, item.id), item.model_dump_json().encode(), db=self._memory)
@@ -70,9 +72,9 @@ class CubeTables:
         if not cursor.set_range(prefix):
             return
         for key, raw in cursor:
-            if not key.startswith(prefix):
+            if not as_bytes(key).startswith(prefix):
                 break
-            yield MemoryItem.model_validate_json(raw)
+            yield MemoryItem.model_validate_json(as_bytes(raw))
 
     def archive_memory(self, txn: lmdb.Transaction, cube: bytes, item: MemoryItem) -> None:
         """Evicted memories stay retrievable here, keyed like live ones."""
@@ -84,9 +86,9 @@ class CubeTables:
         if not cursor.set_range(prefix):
             return
         for key, raw in cursor:
-            if not key.startswith(prefix):
+            if not as_bytes(key).startswith(prefix):
                 break
-            yield MemoryItem.model_validate_json(raw)
+            yield MemoryItem.model_validate_json(as_bytes(raw))
 
     # log history
     def append_log(self, txn: lmdb.Transaction, cube: bytes, log: LogItem, keep: int) -> None:
@@ -107,13 +109,13 @@ class CubeTables:
         elif not cursor.prev():
             return []
         while len(out) < last:
-            key = cursor.key()
+            key = as_bytes(cursor.key())
             if not key.startswith(prefix) or len(key) != len(prefix) + 8:
                 break
-            out.append(cursor.value())
+            out.append(as_bytes(cursor.value()))
             if not cursor.prev():
                 break
-        return [LogItem.model_validate_json(raw) for raw in reversed(out)]
+        return [LogItem.model_validate_json(as_bytes(raw)) for raw in reversed(out)]
 
     # exactly-once markers, keyed by inbox sequence number
     def is_done(self, txn: lmdb.Transaction, seq: int) -> bool:

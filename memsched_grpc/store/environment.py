@@ -21,6 +21,12 @@ MAX_READERS = 512
 MAX_GROWTHS_PER_WRITE = 8
 
 
+def as_bytes(value: bytes | memoryview) -> bytes:
+    """Transactions here never use buffers=True, so LMDB hands out bytes; this narrows py-lmdb's type."""
+    assert isinstance(value, bytes)
+    return value
+
+
 class Environment:
     """An LMDB environment opened once per process (py-lmdb refuses a second open in one process).
 

@@ -1,0 +1,29 @@
+"""Handlers that tests register through the ``handlers`` setting; workers import them by name."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+from memsched_grpc.handlers import HandlerContext
+from memsched_grpc.models import MemoryType
+
+
+def record(ctx: HandlerContext) -> None:
+    """Appends the item id to a per-cube file: the order the worker handled the cube's items in."""
+    path = Path(os.environ["TEST_MEMSCHED_RECORD_DIR"]) / f"{ctx.message.user_id}.{ctx.message.mem_cube_id}"
+    with path.open("a") as f:
+        f.write(ctx.message.item_id + "\n")
+    ctx.log("taskStatus", MemoryType.NOT_APPLICABLE, MemoryType.NOT_APPLICABLE, f"recorded {ctx.message.content}")
+    ctx.cube.save()
+
+
+def slow(ctx: HandlerContext) -> None:
+    """Sleeps for the number of seconds in the content, then records like ``record``."""
+    time.sleep(float(ctx.message.content or "0"))
+    record(ctx)
+
+
+def poison(ctx: HandlerContext) -> None:
+    raise RuntimeError(f"poison item {ctx.message.item_id} always fails")

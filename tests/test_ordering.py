@@ -1,0 +1,49 @@
+"""All items of one (user, cube) are handled in submission order; different cubes run in parallel."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from memsched.v1 import scheduler_pb2
+from tests.conftest import Client, collect, item
+
+
+def test_per_cube_order_across_streams_and_batches(client: Client, record_dir: Path) -> None:
+    cubes = [f"cube{i}" for i in range(6)]
+    sent: dict[str, list[str]] = {c: [] for c in cubes}
+    batches = []
+    for b in range(20):
+        batch = []
+        for n in range(15):
+            cube = cubes[(b * 7 + n) % len(cubes)]
+            it = item(cube=cube, label="record", content=f"{b}-{n}")
+            sent[cube].append(it.item_id)
+            batch.append(it)
+        batches.append(batch)
+    got = collect(client.session(*batches[:10]))
+    for batch in batches[10:]:  # the unary road keeps the same order
+        client.stub.Submit(scheduler_pb2.SubmitRequest(items=batch))
+    assert len(got["acks"]) == 150
+    assert client.wait_idle().idle
+    for cube in cubes:
+        assert (record_dir / f"u1.{cube}").read_text().split() == sent[cube]
+
+
+def test_a_slow_cube_does_not_hold_up_others(make_server: object, record_dir: Path) -> None:
+    _, client = make_server(workers={"count": 2}, storage={"shards": 8})  # type: ignore[operator]
+    slow = [item(cube="slow", label="slow", content="1.5")]
+    client.stub.Submit(scheduler_pb2.SubmitRequest(items=slow))
+    # Pick cubes that land on the other worker than "slow": shard = crc32 % 8, worker = shard % 2.
+    from memsched_grpc.store.keys import shard_of
+
+    slow_worker = shard_of("u1", "slow", 8) % 2
+    others = [c for c in (f"fast{i}" for i in range(20)) if shard_of("u1", c, 8) % 2 != slow_worker][:3]
+    start = time.monotonic()
+    for cube in others:
+        client.session([item(cube=cube, label="record", content="quick")])
+        assert client.wait_idle(cube=cube, seconds=10).idle
+    elapsed = time.monotonic() - start
+    assert client.status(slow[0].item_id).status != 3 or elapsed < 1.5  # fast cubes finished while slow ran
+    assert not client.wait_idle(cube="slow", seconds=0).idle or elapsed < 1.5
+    assert client.wait_idle(cube="slow").idle

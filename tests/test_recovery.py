@@ -1,0 +1,78 @@
+"""Crashes and restarts: accepted work survives a kill -9 of the server and of a worker."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+from memsched.v1 import items_pb2, scheduler_pb2
+from tests.conftest import collect, item
+
+
+def test_restart_processes_every_acknowledged_item_exactly_once(server_process: object, record_dir: Path) -> None:
+    server = server_process(workers={"count": 2})  # type: ignore[operator]
+    client = server.start()
+    # "slow" keeps the worker busy so that most items are acknowledged but not yet handled at the kill.
+    blocker = item(cube="c0", label="slow", content="30")
+    items = [blocker] + [item(cube=f"c{n % 4}", label="record", content=str(n)) for n in range(200)]
+    acks = client.stub.Submit(scheduler_pb2.SubmitRequest(items=items)).acks
+    assert len(acks) == 201
+    time.sleep(0.5)
+    server.kill()
+    client.close()
+
+    fast = item(cube="c0", label="record", content="after")  # proves the restarted server accepts new work
+    server.config_path.write_text(
+        server.config_path.read_text().replace("slow: tests.handlers:slow", "slow: tests.handlers:record")
+    )
+    client = server.start()
+    assert client.stub.Submit(scheduler_pb2.SubmitRequest(items=[fast])).acks
+    assert client.wait_idle(seconds=60).idle
+    handled: list[str] = []
+    for cube in ("c0", "c1", "c2", "c3"):
+        handled += (record_dir / f"u1.{cube}").read_text().split()
+    expected = {i.item_id for i in items} | {fast.item_id}
+    assert sorted(handled) == sorted(expected), "every acknowledged item handled exactly once"
+    for it in items[:20]:
+        assert client.status(it.item_id).status == items_pb2.TASK_STATUS_COMPLETED
+    # resending acknowledged items is safe: duplicates, never run again
+    again = client.stub.Submit(scheduler_pb2.SubmitRequest(items=items[:50])).acks
+    assert all(a.duplicate for a in again)
+    assert server.terminate() == 0
+
+
+def test_killed_worker_is_replaced_and_its_items_redelivered(server_process: object, record_dir: Path) -> None:
+    server = server_process(workers={"count": 1})  # type: ignore[operator]
+    client = server.start()
+    [worker] = server.worker_pids()
+    victim = item(label="slow", content="2")
+    after = [item(label="record", content=str(n)) for n in range(5)]
+    client.stub.Submit(scheduler_pb2.SubmitRequest(items=[victim, *after]))
+    time.sleep(0.7)  # the worker is inside the slow handler now
+    os.kill(worker, signal.SIGKILL)
+    assert client.wait_idle(seconds=60).idle
+    assert client.status(victim.item_id).status == items_pb2.TASK_STATUS_COMPLETED
+    assert client.status(victim.item_id).items[0].attempts == 2
+    assert (record_dir / "u1.c1").read_text().split() == [victim.item_id] + [a.item_id for a in after]
+    [replacement] = server.worker_pids()
+    assert replacement != worker
+    got = collect(client.session([item(label="record", content="pool is whole")]))
+    assert got["completions"][0].status == items_pb2.TASK_STATUS_COMPLETED
+    assert server.terminate() == 0
+
+
+def test_sigterm_keeps_accepted_items(server_process: object, record_dir: Path) -> None:
+    server = server_process(workers={"count": 1}, server={"grace_seconds": 0.5})  # type: ignore[operator]
+    client = server.start()
+    items = [item(label="slow", content="0.2") for _ in range(20)]
+    client.stub.Submit(scheduler_pb2.SubmitRequest(items=items))
+    assert server.terminate() == 0
+    client.close()
+    done_before = len((record_dir / "u1.c1").read_text().split()) if (record_dir / "u1.c1").exists() else 0
+    assert done_before < 20
+    client = server.start()
+    assert client.wait_idle(seconds=60).idle
+    assert sorted((record_dir / "u1.c1").read_text().split()) == sorted(i.item_id for i in items)
+    assert server.terminate() == 0
