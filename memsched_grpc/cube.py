@@ -25,6 +25,7 @@ from memsched_grpc.models import (
     Message,
     TaskState,
     WorkingEntry,
+    cube_sizes,
 )
 from memsched_grpc.retrieval.lexical import LexicalIndex
 from memsched_grpc.retrieval.tokenizer import tokenize
@@ -112,12 +113,7 @@ class Cube:
         return caps.user_memory_capacity if memory_type == MemoryType.USER else caps.long_term_memory_capacity
 
     def sizes(self) -> MemorySizes:
-        return MemorySizes(
-            long_term_memory_size=self.state.long_term_size,
-            user_memory_size=self.state.user_size,
-            working_memory_size=len(self.state.working),
-            transformed_act_memory_size=self.state.activation_size,
-        )
+        return cube_sizes(self.state)
 
     # writing
     def put(self, item: MemoryItem) -> None:

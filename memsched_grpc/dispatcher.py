@@ -34,6 +34,7 @@ class Finished:
     state: TaskState
     error: str
     logs: list[LogItem]
+    handler_seconds: float = 0.0
 
 
 FinishListener = Callable[[list[Finished]], None]
@@ -148,7 +149,7 @@ class Dispatcher:
         finished: list[Finished] = []
         with self._lock:
             for _, results in batch:
-                for seq, outcome, error, attempts, logs in results:
+                for seq, outcome, error, attempts, logs, elapsed in results:
                     record = self._records.get(seq)
                     if record is None:  # a redelivered item reported twice: the first report counted
                         continue
@@ -158,9 +159,8 @@ class Dispatcher:
                         continue
                     state = TaskState.COMPLETED if outcome == OK else TaskState.FAILED
                     record.error = error if outcome == FAILED else ""
-                    finished.append(
-                        Finished(record, state, record.error, [LogItem.model_validate_json(j) for j in logs])
-                    )
+                    parsed = [LogItem.model_validate_json(j) for j in logs]
+                    finished.append(Finished(record, state, record.error, parsed, elapsed))
         self._complete(finished)
 
     def _complete(self, finished: list[Finished]) -> None:
@@ -206,6 +206,12 @@ class Dispatcher:
         self._send(worker, redeliver, low_water)
 
     # what others ask
+    def redrive(self, records: list[Record]) -> None:
+        """Dead letters put back in the inbox: count them as outstanding and send them out."""
+        with self._changed:
+            self._outstanding += len(records)
+        self.dispatch(records)
+
     def live_status(self, item_id: str) -> ItemStatus | None:
         """IN_PROGRESS with attempts and last error for an item handed to a worker, else None."""
         with self._lock:
@@ -225,6 +231,10 @@ class Dispatcher:
         with self._changed:
             self._changed.wait_for(lambda: count() == 0, timeout)
             return count()
+
+    def pending_by_cube(self) -> dict[tuple[str, str], int]:
+        with self._lock:
+            return dict(self._cubes)
 
     def wait_all_idle(self, timeout: float) -> int:
         with self._changed:

@@ -25,7 +25,7 @@ from memsched_grpc.store.environment import Environment, as_bytes
 
 log = logging.getLogger(__name__)
 
-DB_NAMES = ("status", "pending", "tasks", "meta")
+DB_NAMES = ("status", "pending", "tasks", "meta", "dead")
 _WAITING, _COMPLETED, _FAILED = b"W", b"C", b"F"
 _FINAL = {TaskState.COMPLETED: _COMPLETED, TaskState.FAILED: _FAILED}
 MAX_GROUP_ITEMS = 20_000
@@ -82,6 +82,8 @@ class Inbox:
         self._pending = self.env.dbs["pending"]
         self._tasks = self.env.dbs["tasks"]
         self._meta = self.env.dbs["meta"]
+        self._dead = self.env.dbs["dead"]
+        self._seq_lock = threading.Lock()  # accept and redrive both hand out sequence numbers
         self.shards = self._fix_shards(storage.shards)
         with self.env.read() as txn:
             raw = txn.get(b"next_seq", db=self._meta)
@@ -108,6 +110,10 @@ class Inbox:
 
     def accept(self, items: list[Incoming]) -> list[Record | None]:
         """Store new items in one transaction. Returns a Record per new item, None per duplicate id."""
+        with self._seq_lock:
+            return self._accept(items)
+
+    def _accept(self, items: list[Incoming]) -> list[Record | None]:
         now = time.time_ns()
         start_seq = self._next_seq
 
@@ -137,19 +143,81 @@ class Inbox:
         return records
 
     def finish(self, done: list[tuple[Record, TaskState]]) -> None:
-        """Record final states and drop the items from the pending table, in one transaction."""
+        """Record final states and take the items off the pending table, in one transaction.
+        Failed items keep their payload in the dead-letter table, from where they can be re-driven."""
 
         def write(txn: lmdb.Transaction) -> None:
             for record, state in done:
                 status = record.status(state, finished=True)
+                seq = keys.seq_key(record.seq)
                 txn.put(
-                    record.item_id.encode(),
-                    _FINAL[state] + keys.seq_key(record.seq) + status.model_dump_json().encode(),
-                    db=self._status,
+                    record.item_id.encode(), _FINAL[state] + seq + status.model_dump_json().encode(), db=self._status
                 )
-                txn.delete(keys.seq_key(record.seq), db=self._pending)
+                if state == TaskState.FAILED:
+                    txn.put(seq, record.accepted_ns.to_bytes(8, "big") + record.payload, db=self._dead)
+                txn.delete(seq, db=self._pending)
 
         self.env.write(write)
+
+    def dead_letters(self, user_id: str, mem_cube_id: str, limit: int) -> list[ItemStatus]:
+        """Failed items, oldest first, optionally of one user or cube."""
+        from memsched.v1 import items_pb2
+
+        out: list[ItemStatus] = []
+        with self.env.read() as txn:
+            for _, raw in txn.cursor(db=self._dead):
+                item = items_pb2.ScheduleMessageItem.FromString(as_bytes(raw)[8:])
+                if (user_id and item.user_id != user_id) or (mem_cube_id and item.mem_cube_id != mem_cube_id):
+                    continue
+                status = txn.get(item.item_id.encode(), db=self._status)
+                if status is not None:
+                    out.append(ItemStatus.model_validate_json(as_bytes(status)[9:]))
+                if len(out) >= limit:
+                    break
+        return out
+
+    def redrive(self, item_ids: list[str]) -> list[Record]:
+        """Move dead letters back to the pending table under fresh sequence numbers (order of ``item_ids``)."""
+        from memsched.v1 import items_pb2
+
+        with self._seq_lock:
+            start_seq = self._next_seq
+
+            def write(txn: lmdb.Transaction) -> list[Record]:
+                seq = start_seq
+                out = []
+                for item_id in dict.fromkeys(item_ids):
+                    raw = txn.get(item_id.encode(), db=self._status)
+                    if raw is None or as_bytes(raw)[:1] != _FAILED:
+                        continue
+                    old = as_bytes(raw)[1:9]
+                    dead = txn.get(old, db=self._dead)
+                    if dead is None:
+                        continue
+                    value = as_bytes(dead)
+                    txn.delete(old, db=self._dead)
+                    txn.put(keys.seq_key(seq), value, db=self._pending, append=True)
+                    txn.put(item_id.encode(), _WAITING + keys.seq_key(seq), db=self._status)
+                    item = items_pb2.ScheduleMessageItem.FromString(value[8:])
+                    out.append(
+                        Record(
+                            seq,
+                            item.item_id,
+                            item.user_id,
+                            item.mem_cube_id,
+                            item.label,
+                            item.task_id,
+                            value[8:],
+                            int.from_bytes(value[:8], "big"),
+                        )
+                    )
+                    seq += 1
+                txn.put(b"next_seq", seq.to_bytes(8, "big"), db=self._meta)
+                return out
+
+            records = self.env.write(write)
+            self._next_seq = start_seq + len(records)
+            return records
 
     def recover(self) -> Iterator[Record]:
         """Every accepted, unfinished item in acceptance order (after a crash or a stop)."""

@@ -179,6 +179,15 @@ class CubeState(BaseModel):
     answers: int = 0
 
 
+def cube_sizes(state: CubeState) -> MemorySizes:
+    return MemorySizes(
+        long_term_memory_size=state.long_term_size,
+        user_memory_size=state.user_size,
+        working_memory_size=len(state.working),
+        transformed_act_memory_size=state.activation_size,
+    )
+
+
 class RejectCode(enum.IntEnum):
     """Why an item was refused; the values are google.rpc.Code numbers."""
 

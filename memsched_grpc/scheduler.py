@@ -31,6 +31,7 @@ from memsched_grpc.models import (
     RejectCode,
     TaskState,
     WorkingEntry,
+    cube_sizes,
 )
 from memsched_grpc.session import Ack, Completion, Rejection, Session
 from memsched_grpc.store import keys
@@ -58,6 +59,12 @@ class Partition:
     size: int
     capacity: int
     items: list[tuple[MemoryItem, WorkingEntry | None]] = field(default_factory=list)
+
+
+@dataclass
+class CubeSummary:
+    state: CubeState
+    pending: int
 
 
 @dataclass
@@ -294,13 +301,7 @@ class MemScheduler:
                 else:
                     raise InvalidRequest("memory_types", f"{memory_type} is not a readable partition")
                 partitions.append(part)
-        sizes = MemorySizes(
-            long_term_memory_size=state.long_term_size,
-            user_memory_size=state.user_size,
-            working_memory_size=len(state.working),
-            transformed_act_memory_size=state.activation_size,
-        )
-        return CubeView(state, partitions, sizes, caps)
+        return CubeView(state, partitions, cube_sizes(state), caps)
 
     def history(self, user_id: str, mem_cube_id: str, last: int) -> list[LogItem]:
         """Recent log items of one cube, or of every cube of the user (each cube's in order)."""
@@ -328,6 +329,51 @@ class MemScheduler:
         sub = self.feed.subscribe(user_id, mem_cube_id, labels)
         replayed = [log for log in self.history(user_id, mem_cube_id, replay) if sub.matches(log)]
         return sub, replayed
+
+    def list_cubes(self, user_id: str) -> list[CubeSummary]:
+        """Every cube with stored state (of one user, or all), with its pending count."""
+        pending = self.dispatcher.pending_by_cube()
+        out = []
+        for tables in self.shards.all():
+            with tables.env.read() as txn:
+                states = list(tables.iter_cubes(txn, user_id))
+            for st in states:
+                out.append(CubeSummary(st, pending.get((st.user_id, st.mem_cube_id), 0)))
+        seen = {(c.state.user_id, c.state.mem_cube_id) for c in out}
+        for (user, cube), count in pending.items():  # cubes whose first item is still queued
+            if (user, cube) not in seen and (not user_id or user == user_id):
+                out.append(CubeSummary(CubeState(user_id=user, mem_cube_id=cube), count))
+        return sorted(out, key=lambda c: (c.state.user_id, c.state.mem_cube_id))
+
+    def cube_state(self, user_id: str, mem_cube_id: str) -> tuple[CubeState, dict[str, int]]:
+        """A cube's state and the usage counts of its working memories."""
+        tables = self.shards.for_cube(user_id, mem_cube_id)
+        key = keys.cube_key(user_id, mem_cube_id)
+        with tables.env.read() as txn:
+            state = tables.load_state(txn, key)
+            if state is None:
+                raise NotFound(f"cube {mem_cube_id!r} of user {user_id!r} has no state yet")
+            usage = {}
+            for entry in state.working:
+                item = tables.get_memory(txn, key, MemoryType.LONG_TERM, entry.id) or tables.get_memory(
+                    txn, key, MemoryType.USER, entry.id
+                )
+                usage[entry.id] = item.usage_count if item else 0
+        return state, usage
+
+    def dead_letters(self, user_id: str, mem_cube_id: str, limit: int) -> list[ItemStatus]:
+        if mem_cube_id and not user_id:
+            raise InvalidRequest("user_id", "is required when mem_cube_id is set")
+        return self.inbox.dead_letters(user_id, mem_cube_id, limit or 1000)
+
+    def redrive(self, item_ids: Sequence[str]) -> list[str]:
+        if not item_ids:
+            raise InvalidRequest("item_ids", "must list at least one item")
+        if not self._accepting:
+            raise ShuttingDown("server is shutting down")
+        records = self.inbox.redrive(list(item_ids))
+        self.dispatcher.redrive(records)
+        return [r.item_id for r in records]
 
     def info_capacities(self) -> MemoryCapacities:
         return self.settings.scheduler.capacities

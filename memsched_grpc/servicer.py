@@ -13,7 +13,7 @@ from memsched.v1 import items_pb2, scheduler_pb2, scheduler_pb2_grpc
 from memsched_grpc import convert
 from memsched_grpc.errors import InvalidRequest, MemschedError
 from memsched_grpc.feed import Subscription, WatcherOverflow
-from memsched_grpc.models import LogItem, MemoryType
+from memsched_grpc.models import LogItem, MemoryType, cube_sizes
 from memsched_grpc.scheduler import MemScheduler
 from memsched_grpc.session import Ack, Completion, Event, Rejection
 from memsched_grpc.status import abort
@@ -194,6 +194,70 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
             version=s.version,
             started_at=convert.timestamp(s.started_at),
         )
+
+    def ListCubes(
+        self, request: scheduler_pb2.ListCubesRequest, context: grpc.ServicerContext
+    ) -> scheduler_pb2.ListCubesResponse:
+        def read() -> scheduler_pb2.ListCubesResponse:
+            return scheduler_pb2.ListCubesResponse(
+                cubes=[
+                    scheduler_pb2.CubeSummary(
+                        user_id=c.state.user_id,
+                        mem_cube_id=c.state.mem_cube_id,
+                        pending=c.pending,
+                        sizes=convert.sizes_to_proto(cube_sizes(c.state)),
+                        memcube_name=c.state.memcube_name or c.state.mem_cube_id,
+                    )
+                    for c in self.scheduler.list_cubes(request.user_id)
+                ]
+            )
+
+        return self._call(context, read)
+
+    def GetCubeState(
+        self, request: scheduler_pb2.GetCubeStateRequest, context: grpc.ServicerContext
+    ) -> scheduler_pb2.GetCubeStateResponse:
+        def read() -> scheduler_pb2.GetCubeStateResponse:
+            _require("user_id", request.user_id)
+            _require("mem_cube_id", request.mem_cube_id)
+            state, usage = self.scheduler.cube_state(request.user_id, request.mem_cube_id)
+            return scheduler_pb2.GetCubeStateResponse(
+                query_window=state.query_window,
+                keyword_counts=state.keyword_counts,
+                working_memory=[
+                    scheduler_pb2.WorkingMemoryScore(
+                        id=w.id,
+                        importance=w.importance,
+                        relevance=w.relevance,
+                        keyword_score=w.keyword_score,
+                        usage_count=usage.get(w.id, 0),
+                    )
+                    for w in state.working
+                ],
+                queries=state.queries,
+                answers=state.answers,
+                activation_built_at=convert.timestamp(state.activation_built_at) if state.activation_built_at else None,
+                archived=state.archived_size,
+            )
+
+        return self._call(context, read)
+
+    def ListDeadLetters(
+        self, request: scheduler_pb2.ListDeadLettersRequest, context: grpc.ServicerContext
+    ) -> scheduler_pb2.ListDeadLettersResponse:
+        def read() -> scheduler_pb2.ListDeadLettersResponse:
+            if request.limit < 0:
+                raise InvalidRequest("limit", "must not be negative")
+            items = self.scheduler.dead_letters(request.user_id, request.mem_cube_id, request.limit)
+            return scheduler_pb2.ListDeadLettersResponse(items=[convert.status_to_proto(s) for s in items])
+
+        return self._call(context, read)
+
+    def RedriveDeadLetters(
+        self, request: scheduler_pb2.RedriveDeadLettersRequest, context: grpc.ServicerContext
+    ) -> scheduler_pb2.RedriveDeadLettersResponse:
+        ids = self._call(context, lambda: self.scheduler.redrive(list(request.item_ids)))
+        return scheduler_pb2.RedriveDeadLettersResponse(item_ids=ids)
 
 
 def _working(item: items_pb2.MemoryItem, partition: MemoryType) -> items_pb2.MemoryItem:

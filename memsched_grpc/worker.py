@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 TaskTuple = tuple[int, int, bytes]  # (inbox seq, attempts so far, ScheduleMessageItem bytes)
 Batch = tuple[int, list[TaskTuple]]  # (inbox low-water seq, tasks)
 OK, RETRY, FAILED = "ok", "retry", "failed"
-ResultTuple = tuple[int, str, str, int, list[bytes]]  # (seq, outcome, error, attempts, log items as JSON)
+ResultTuple = tuple[int, str, str, int, list[bytes], float]  # (seq, outcome, error, attempts, logs as JSON, seconds)
 
 PRUNE_INTERVAL = 5.0
 
@@ -178,9 +178,10 @@ class Worker:
             if self.current is not None:
                 self.current.value = pending.seq
             if tables.is_done(txn, pending.seq):
-                plan.results.append((pending.seq, OK, "", pending.attempts, []))
+                plan.results.append((pending.seq, OK, "", pending.attempts, [], 0.0))
                 continue
             child = tables.env.env.begin(write=True, parent=txn)
+            started = time.perf_counter()
             try:
                 cube = self._cube(tables, child, cube_key, message)
                 cube.txn = child
@@ -203,28 +204,27 @@ class Worker:
                     pending.attempts + 1,
                     exc_info=True,
                 )
-                if self._fail(cube_key, items[i:], f"{type(e).__name__}: {e}", plan):
+                if self._fail(cube_key, items[i:], f"{type(e).__name__}: {e}", plan, time.perf_counter() - started):
                     return
                 continue
             finally:
                 cube_ref = self.cubes.get(cube_key)
                 if cube_ref is not None:
                     cube_ref.txn = None
-            plan.results.append(
-                (pending.seq, OK, "", pending.attempts + 1, [log.model_dump_json().encode() for log in ctx.logs])
-            )
+            logs = [log.model_dump_json().encode() for log in ctx.logs]
+            plan.results.append((pending.seq, OK, "", pending.attempts + 1, logs, time.perf_counter() - started))
 
-    def _fail(self, cube_key: bytes, rest: list[Pending], error: str, plan: _Plan) -> bool:
+    def _fail(self, cube_key: bytes, rest: list[Pending], error: str, plan: _Plan, elapsed: float = 0.0) -> bool:
         """Count a failed attempt of rest[0]. Returns True when the cube waits for a retry (rest is requeued)."""
         pending = rest[0]
         pending.attempts += 1
         cfg = self.settings.workers
         if pending.attempts >= cfg.max_attempts:
-            plan.results.append((pending.seq, FAILED, error, pending.attempts, []))
+            plan.results.append((pending.seq, FAILED, error, pending.attempts, [], elapsed))
             if len(rest) > 1:
                 plan.requeue.append((cube_key, rest[1:]))
             return True
-        plan.results.append((pending.seq, RETRY, error, pending.attempts, []))
+        plan.results.append((pending.seq, RETRY, error, pending.attempts, [], elapsed))
         backoff = min(cfg.retry_backoff_seconds * 2 ** (pending.attempts - 1), cfg.retry_backoff_max_seconds)
         plan.blocked[cube_key] = time.monotonic() + backoff
         plan.requeue.append((cube_key, rest))

@@ -672,3 +672,329 @@ class GetInfoResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetInfoResponse: _TypeAlias = GetInfoResponse  # noqa: Y015
+
+@_typing.final
+class ListCubesRequest(_message.Message):
+    """Which cubes to list."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_ID_FIELD_NUMBER: _builtins.int
+    user_id: _builtins.str
+    """Only this user's cubes; empty: every user's."""
+    def __init__(
+        self,
+        *,
+        user_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListCubesRequest: _TypeAlias = ListCubesRequest  # noqa: Y015
+
+@_typing.final
+class CubeSummary(_message.Message):
+    """One cube and how busy it is."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_ID_FIELD_NUMBER: _builtins.int
+    MEM_CUBE_ID_FIELD_NUMBER: _builtins.int
+    PENDING_FIELD_NUMBER: _builtins.int
+    SIZES_FIELD_NUMBER: _builtins.int
+    MEMCUBE_NAME_FIELD_NUMBER: _builtins.int
+    user_id: _builtins.str
+    """The cube's user."""
+    mem_cube_id: _builtins.str
+    """The cube."""
+    pending: _builtins.int
+    """Items waiting or in progress."""
+    memcube_name: _builtins.str
+    """The cube's readable name (its mem_cube reference)."""
+    @_builtins.property
+    def sizes(self) -> _items_pb2.MemorySizes:
+        """Partition sizes."""
+
+    def __init__(
+        self,
+        *,
+        user_id: _builtins.str = ...,
+        mem_cube_id: _builtins.str = ...,
+        pending: _builtins.int = ...,
+        sizes: _items_pb2.MemorySizes | None = ...,
+        memcube_name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["sizes", b"sizes"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["mem_cube_id", b"mem_cube_id", "memcube_name", b"memcube_name", "pending", b"pending", "sizes", b"sizes", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CubeSummary: _TypeAlias = CubeSummary  # noqa: Y015
+
+@_typing.final
+class ListCubesResponse(_message.Message):
+    """The cubes."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CUBES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def cubes(self) -> _containers.RepeatedCompositeFieldContainer[Global___CubeSummary]:
+        """Cubes, ordered by user then cube."""
+
+    def __init__(
+        self,
+        *,
+        cubes: _abc.Iterable[Global___CubeSummary] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cubes", b"cubes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListCubesResponse: _TypeAlias = ListCubesResponse  # noqa: Y015
+
+@_typing.final
+class GetCubeStateRequest(_message.Message):
+    """Which cube's state to read."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_ID_FIELD_NUMBER: _builtins.int
+    MEM_CUBE_ID_FIELD_NUMBER: _builtins.int
+    user_id: _builtins.str
+    """The cube's user. Required."""
+    mem_cube_id: _builtins.str
+    """The cube. Required."""
+    def __init__(
+        self,
+        *,
+        user_id: _builtins.str = ...,
+        mem_cube_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["mem_cube_id", b"mem_cube_id", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetCubeStateRequest: _TypeAlias = GetCubeStateRequest  # noqa: Y015
+
+@_typing.final
+class WorkingMemoryScore(_message.Message):
+    """A working-memory entry's scores."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    IMPORTANCE_FIELD_NUMBER: _builtins.int
+    RELEVANCE_FIELD_NUMBER: _builtins.int
+    KEYWORD_SCORE_FIELD_NUMBER: _builtins.int
+    USAGE_COUNT_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    """The memory's id."""
+    importance: _builtins.float
+    """importance = relevance, keyword and usage scores weighted."""
+    relevance: _builtins.float
+    """Relevance to the latest query (0..1)."""
+    keyword_score: _builtins.float
+    """Overlap with the query window's keywords (0..1)."""
+    usage_count: _builtins.int
+    """How often the memory re-entered working memory or was used by an answer."""
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        importance: _builtins.float = ...,
+        relevance: _builtins.float = ...,
+        keyword_score: _builtins.float = ...,
+        usage_count: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "importance", b"importance", "keyword_score", b"keyword_score", "relevance", b"relevance", "usage_count", b"usage_count"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WorkingMemoryScore: _TypeAlias = WorkingMemoryScore  # noqa: Y015
+
+@_typing.final
+class GetCubeStateResponse(_message.Message):
+    """A cube's scheduling state."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class KeywordCountsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.int
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.int = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    QUERY_WINDOW_FIELD_NUMBER: _builtins.int
+    KEYWORD_COUNTS_FIELD_NUMBER: _builtins.int
+    WORKING_MEMORY_FIELD_NUMBER: _builtins.int
+    QUERIES_FIELD_NUMBER: _builtins.int
+    ANSWERS_FIELD_NUMBER: _builtins.int
+    ACTIVATION_BUILT_AT_FIELD_NUMBER: _builtins.int
+    ARCHIVED_FIELD_NUMBER: _builtins.int
+    queries: _builtins.int
+    """Queries handled so far."""
+    answers: _builtins.int
+    """Answers handled so far."""
+    archived: _builtins.int
+    """Memories moved to the archive by capacity eviction."""
+    @_builtins.property
+    def query_window(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The last context_window_size queries, oldest first."""
+
+    @_builtins.property
+    def keyword_counts(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
+        """Keyword counts over the query window."""
+
+    @_builtins.property
+    def working_memory(self) -> _containers.RepeatedCompositeFieldContainer[Global___WorkingMemoryScore]:
+        """Working memory in order, with scores."""
+
+    @_builtins.property
+    def activation_built_at(self) -> _timestamp_pb2.Timestamp:
+        """When activation memory was last rebuilt (unset: never)."""
+
+    def __init__(
+        self,
+        *,
+        query_window: _abc.Iterable[_builtins.str] | None = ...,
+        keyword_counts: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
+        working_memory: _abc.Iterable[Global___WorkingMemoryScore] | None = ...,
+        queries: _builtins.int = ...,
+        answers: _builtins.int = ...,
+        activation_built_at: _timestamp_pb2.Timestamp | None = ...,
+        archived: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["activation_built_at", b"activation_built_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["activation_built_at", b"activation_built_at", "answers", b"answers", "archived", b"archived", "keyword_counts", b"keyword_counts", "queries", b"queries", "query_window", b"query_window", "working_memory", b"working_memory"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetCubeStateResponse: _TypeAlias = GetCubeStateResponse  # noqa: Y015
+
+@_typing.final
+class ListDeadLettersRequest(_message.Message):
+    """Which dead letters to list."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_ID_FIELD_NUMBER: _builtins.int
+    MEM_CUBE_ID_FIELD_NUMBER: _builtins.int
+    LIMIT_FIELD_NUMBER: _builtins.int
+    user_id: _builtins.str
+    """Only this user's; empty: all users'."""
+    mem_cube_id: _builtins.str
+    """Only this cube's (needs user_id); empty: all cubes."""
+    limit: _builtins.int
+    """At most this many, oldest first (0: 1000)."""
+    def __init__(
+        self,
+        *,
+        user_id: _builtins.str = ...,
+        mem_cube_id: _builtins.str = ...,
+        limit: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["limit", b"limit", "mem_cube_id", b"mem_cube_id", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListDeadLettersRequest: _TypeAlias = ListDeadLettersRequest  # noqa: Y015
+
+@_typing.final
+class ListDeadLettersResponse(_message.Message):
+    """The dead letters."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ITEMS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def items(self) -> _containers.RepeatedCompositeFieldContainer[Global___ItemStatus]:
+        """Failed items with their last error and attempts."""
+
+    def __init__(
+        self,
+        *,
+        items: _abc.Iterable[Global___ItemStatus] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["items", b"items"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListDeadLettersResponse: _TypeAlias = ListDeadLettersResponse  # noqa: Y015
+
+@_typing.final
+class RedriveDeadLettersRequest(_message.Message):
+    """Which dead letters to re-drive."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ITEM_IDS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def item_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The failed items to queue again. Required."""
+
+    def __init__(
+        self,
+        *,
+        item_ids: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["item_ids", b"item_ids"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RedriveDeadLettersRequest: _TypeAlias = RedriveDeadLettersRequest  # noqa: Y015
+
+@_typing.final
+class RedriveDeadLettersResponse(_message.Message):
+    """The outcome of a re-drive."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ITEM_IDS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def item_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The items queued again (ids that were not dead letters are left out)."""
+
+    def __init__(
+        self,
+        *,
+        item_ids: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["item_ids", b"item_ids"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RedriveDeadLettersResponse: _TypeAlias = RedriveDeadLettersResponse  # noqa: Y015

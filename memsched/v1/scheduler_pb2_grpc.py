@@ -73,6 +73,26 @@ class SchedulerStub:
                 request_serializer=memsched_dot_v1_dot_scheduler__pb2.GetInfoRequest.SerializeToString,
                 response_deserializer=memsched_dot_v1_dot_scheduler__pb2.GetInfoResponse.FromString,
                 _registered_method=True)
+        self.ListCubes = channel.unary_unary(
+                '/memsched.v1.Scheduler/ListCubes',
+                request_serializer=memsched_dot_v1_dot_scheduler__pb2.ListCubesRequest.SerializeToString,
+                response_deserializer=memsched_dot_v1_dot_scheduler__pb2.ListCubesResponse.FromString,
+                _registered_method=True)
+        self.GetCubeState = channel.unary_unary(
+                '/memsched.v1.Scheduler/GetCubeState',
+                request_serializer=memsched_dot_v1_dot_scheduler__pb2.GetCubeStateRequest.SerializeToString,
+                response_deserializer=memsched_dot_v1_dot_scheduler__pb2.GetCubeStateResponse.FromString,
+                _registered_method=True)
+        self.ListDeadLetters = channel.unary_unary(
+                '/memsched.v1.Scheduler/ListDeadLetters',
+                request_serializer=memsched_dot_v1_dot_scheduler__pb2.ListDeadLettersRequest.SerializeToString,
+                response_deserializer=memsched_dot_v1_dot_scheduler__pb2.ListDeadLettersResponse.FromString,
+                _registered_method=True)
+        self.RedriveDeadLetters = channel.unary_unary(
+                '/memsched.v1.Scheduler/RedriveDeadLetters',
+                request_serializer=memsched_dot_v1_dot_scheduler__pb2.RedriveDeadLettersRequest.SerializeToString,
+                response_deserializer=memsched_dot_v1_dot_scheduler__pb2.RedriveDeadLettersResponse.FromString,
+                _registered_method=True)
 
 
 class SchedulerServicer:
@@ -135,6 +155,34 @@ class SchedulerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListCubes(self, request, context):
+        """The cubes the server holds (of one user, or all), with their queue depth and partition sizes.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetCubeState(self, request, context):
+        """What the scheduler knows about a cube beyond its memories: query window, keyword counts, scores.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListDeadLetters(self, request, context):
+        """Items that failed on every attempt, kept with their payload so they can be re-driven.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RedriveDeadLetters(self, request, context):
+        """Put failed items back in their cube's queue (with fresh attempts); they keep their item_id.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SchedulerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -172,6 +220,26 @@ def add_SchedulerServicer_to_server(servicer, server):
                     servicer.GetInfo,
                     request_deserializer=memsched_dot_v1_dot_scheduler__pb2.GetInfoRequest.FromString,
                     response_serializer=memsched_dot_v1_dot_scheduler__pb2.GetInfoResponse.SerializeToString,
+            ),
+            'ListCubes': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListCubes,
+                    request_deserializer=memsched_dot_v1_dot_scheduler__pb2.ListCubesRequest.FromString,
+                    response_serializer=memsched_dot_v1_dot_scheduler__pb2.ListCubesResponse.SerializeToString,
+            ),
+            'GetCubeState': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetCubeState,
+                    request_deserializer=memsched_dot_v1_dot_scheduler__pb2.GetCubeStateRequest.FromString,
+                    response_serializer=memsched_dot_v1_dot_scheduler__pb2.GetCubeStateResponse.SerializeToString,
+            ),
+            'ListDeadLetters': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListDeadLetters,
+                    request_deserializer=memsched_dot_v1_dot_scheduler__pb2.ListDeadLettersRequest.FromString,
+                    response_serializer=memsched_dot_v1_dot_scheduler__pb2.ListDeadLettersResponse.SerializeToString,
+            ),
+            'RedriveDeadLetters': grpc.unary_unary_rpc_method_handler(
+                    servicer.RedriveDeadLetters,
+                    request_deserializer=memsched_dot_v1_dot_scheduler__pb2.RedriveDeadLettersRequest.FromString,
+                    response_serializer=memsched_dot_v1_dot_scheduler__pb2.RedriveDeadLettersResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -367,6 +435,114 @@ class Scheduler:
             '/memsched.v1.Scheduler/GetInfo',
             memsched_dot_v1_dot_scheduler__pb2.GetInfoRequest.SerializeToString,
             memsched_dot_v1_dot_scheduler__pb2.GetInfoResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListCubes(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/memsched.v1.Scheduler/ListCubes',
+            memsched_dot_v1_dot_scheduler__pb2.ListCubesRequest.SerializeToString,
+            memsched_dot_v1_dot_scheduler__pb2.ListCubesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetCubeState(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/memsched.v1.Scheduler/GetCubeState',
+            memsched_dot_v1_dot_scheduler__pb2.GetCubeStateRequest.SerializeToString,
+            memsched_dot_v1_dot_scheduler__pb2.GetCubeStateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListDeadLetters(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/memsched.v1.Scheduler/ListDeadLetters',
+            memsched_dot_v1_dot_scheduler__pb2.ListDeadLettersRequest.SerializeToString,
+            memsched_dot_v1_dot_scheduler__pb2.ListDeadLettersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RedriveDeadLetters(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/memsched.v1.Scheduler/RedriveDeadLetters',
+            memsched_dot_v1_dot_scheduler__pb2.RedriveDeadLettersRequest.SerializeToString,
+            memsched_dot_v1_dot_scheduler__pb2.RedriveDeadLettersResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -57,6 +57,14 @@ class SchedulerStub:
     """Wait until no accepted item of a user (or of one of their cubes) is waiting or in progress."""
     GetInfo: _grpc.UnaryUnaryMultiCallable[_scheduler_pb2.GetInfoRequest, _scheduler_pb2.GetInfoResponse]
     """The labels the server handles and the capacities it applies."""
+    ListCubes: _grpc.UnaryUnaryMultiCallable[_scheduler_pb2.ListCubesRequest, _scheduler_pb2.ListCubesResponse]
+    """The cubes the server holds (of one user, or all), with their queue depth and partition sizes."""
+    GetCubeState: _grpc.UnaryUnaryMultiCallable[_scheduler_pb2.GetCubeStateRequest, _scheduler_pb2.GetCubeStateResponse]
+    """What the scheduler knows about a cube beyond its memories: query window, keyword counts, scores."""
+    ListDeadLetters: _grpc.UnaryUnaryMultiCallable[_scheduler_pb2.ListDeadLettersRequest, _scheduler_pb2.ListDeadLettersResponse]
+    """Items that failed on every attempt, kept with their payload so they can be re-driven."""
+    RedriveDeadLetters: _grpc.UnaryUnaryMultiCallable[_scheduler_pb2.RedriveDeadLettersRequest, _scheduler_pb2.RedriveDeadLettersResponse]
+    """Put failed items back in their cube's queue (with fresh attempts); they keep their item_id."""
 
 @_typing.type_check_only
 class SchedulerAsyncStub(SchedulerStub):
@@ -87,6 +95,14 @@ class SchedulerAsyncStub(SchedulerStub):
     """Wait until no accepted item of a user (or of one of their cubes) is waiting or in progress."""
     GetInfo: _aio.UnaryUnaryMultiCallable[_scheduler_pb2.GetInfoRequest, _scheduler_pb2.GetInfoResponse]  # type: ignore[assignment]
     """The labels the server handles and the capacities it applies."""
+    ListCubes: _aio.UnaryUnaryMultiCallable[_scheduler_pb2.ListCubesRequest, _scheduler_pb2.ListCubesResponse]  # type: ignore[assignment]
+    """The cubes the server holds (of one user, or all), with their queue depth and partition sizes."""
+    GetCubeState: _aio.UnaryUnaryMultiCallable[_scheduler_pb2.GetCubeStateRequest, _scheduler_pb2.GetCubeStateResponse]  # type: ignore[assignment]
+    """What the scheduler knows about a cube beyond its memories: query window, keyword counts, scores."""
+    ListDeadLetters: _aio.UnaryUnaryMultiCallable[_scheduler_pb2.ListDeadLettersRequest, _scheduler_pb2.ListDeadLettersResponse]  # type: ignore[assignment]
+    """Items that failed on every attempt, kept with their payload so they can be re-driven."""
+    RedriveDeadLetters: _aio.UnaryUnaryMultiCallable[_scheduler_pb2.RedriveDeadLettersRequest, _scheduler_pb2.RedriveDeadLettersResponse]  # type: ignore[assignment]
+    """Put failed items back in their cube's queue (with fresh attempts); they keep their item_id."""
 
 class SchedulerServicer(metaclass=_abc_1.ABCMeta):
     """The memory scheduler. Messages go in over Session (or Submit); each accepted item is acknowledged once
@@ -156,5 +172,37 @@ class SchedulerServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_scheduler_pb2.GetInfoResponse, _abc.Awaitable[_scheduler_pb2.GetInfoResponse]]:
         """The labels the server handles and the capacities it applies."""
+
+    @_abc_1.abstractmethod
+    def ListCubes(
+        self,
+        request: _scheduler_pb2.ListCubesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_scheduler_pb2.ListCubesResponse, _abc.Awaitable[_scheduler_pb2.ListCubesResponse]]:
+        """The cubes the server holds (of one user, or all), with their queue depth and partition sizes."""
+
+    @_abc_1.abstractmethod
+    def GetCubeState(
+        self,
+        request: _scheduler_pb2.GetCubeStateRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_scheduler_pb2.GetCubeStateResponse, _abc.Awaitable[_scheduler_pb2.GetCubeStateResponse]]:
+        """What the scheduler knows about a cube beyond its memories: query window, keyword counts, scores."""
+
+    @_abc_1.abstractmethod
+    def ListDeadLetters(
+        self,
+        request: _scheduler_pb2.ListDeadLettersRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_scheduler_pb2.ListDeadLettersResponse, _abc.Awaitable[_scheduler_pb2.ListDeadLettersResponse]]:
+        """Items that failed on every attempt, kept with their payload so they can be re-driven."""
+
+    @_abc_1.abstractmethod
+    def RedriveDeadLetters(
+        self,
+        request: _scheduler_pb2.RedriveDeadLettersRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_scheduler_pb2.RedriveDeadLettersResponse, _abc.Awaitable[_scheduler_pb2.RedriveDeadLettersResponse]]:
+        """Put failed items back in their cube's queue (with fresh attempts); they keep their item_id."""
 
 def add_SchedulerServicer_to_server(servicer: SchedulerServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
