@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from memsched.v1 import items_pb2
@@ -91,6 +91,7 @@ class MemScheduler:
         self._origins: dict[str, Session] = {}
         self._origins_lock = threading.Lock()
         self._sessions: set[Session] = set()
+        self._finish_observers: list[Callable[[list[Finished]], None]] = []
         self._accepting = False
         self.started_at = time.time()
         self.version = __version__
@@ -234,7 +235,16 @@ class MemScheduler:
             raise StorageError(str(result)) from result
         return [Ack(i.item_id, duplicate=r is None) for i, r in zip(incoming, result, strict=True)]
 
+    def add_finish_observer(self, observer: Callable[[list[Finished]], None]) -> None:
+        """Call ``observer`` with every batch of finished items (metrics, dashboards); it must be quick."""
+        self._finish_observers.append(observer)
+
     def _on_finished(self, finished: list[Finished]) -> None:
+        for observer in self._finish_observers:
+            try:
+                observer(finished)
+            except Exception:
+                log.exception("finish observer %r failed", observer)
         self.feed.publish(log for f in finished for log in f.logs)
         with self._origins_lock:
             targets = [(self._origins.pop(f.record.item_id, None), f) for f in finished]

@@ -20,8 +20,12 @@ PET_FACTS = [
 ]
 
 
+FILLER = [{"role": "assistant", "content": f"Weather note {n}: it was sunny with {n} clouds."} for n in range(22)]
+
+
 def test_session_acks_completes_and_streams_logs(client: Client) -> None:
-    add = item(label="add", content=json.dumps(PET_FACTS), task_id="t1")
+    # 25 memories: the pet facts fall out of the 20-slot working memory, the query must bring Max back.
+    add = item(label="add", content=json.dumps(PET_FACTS + FILLER), task_id="t1")
     query = item(label="query", content="What's my dog's name again?", task_id="t1")
     got = collect(client.session([add], [query]))
     assert [a.item_id for a in got["acks"]] == [add.item_id, query.item_id]
@@ -31,7 +35,7 @@ def test_session_acks_completes_and_streams_logs(client: Client) -> None:
         query.item_id: items_pb2.TASK_STATUS_COMPLETED,
     }
     labels = [log.label for log in got["logs"]]
-    assert labels.count("addMemory") == 3
+    assert labels.count("addMemory") == 25
     assert "addMessage" in labels and "scheduleMemory" in labels
     user_msg = next(log for log in got["logs"] if log.label == "addMessage")
     assert user_msg.log_content == "[User] What's my dog's name again?"
@@ -42,7 +46,8 @@ def test_session_acks_completes_and_streams_logs(client: Client) -> None:
     assert last.memory_capacities.working_memory_capacity == 20
     assert last.memory_capacities.long_term_memory_capacity == 10000
     assert last.current_memory_sizes.user_memory_size == 3
-    assert last.current_memory_sizes.working_memory_size >= 1
+    assert last.current_memory_sizes.long_term_memory_size == 22
+    assert last.current_memory_sizes.working_memory_size == 20
     sequences = [log.sequence for log in got["logs"]]
     assert sequences == sorted(sequences) and len(set(sequences)) == len(sequences)
     assert any("Max" in text for text in client.working_texts())

@@ -3,7 +3,9 @@
 
 Exact duplicates (same text but for case and spacing) and near duplicates (token cosine at or above
 ``dedup_threshold``) update the existing memory and log ``updateMemory``; new ones log ``addMemory``.
-When a partition passes its capacity, the memory of least value is archived (``archiveMemory``): fewest
+As in MemOS, a new memory also enters working memory at the front (the oldest entries fall off past
+the working capacity); the next query re-ranks it. When a partition passes its capacity, the memory of
+least value is archived (``archiveMemory``): fewest
 uses first, then least recently updated; memories in working memory are never archived.
 """
 
@@ -16,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from memsched_grpc.handlers.base import HandlerContext
-from memsched_grpc.models import MemoryItem, MemoryType, Message, WebLogLabel, utcnow
+from memsched_grpc.models import MemoryItem, MemoryType, Message, WebLogLabel, WorkingEntry, utcnow
 from memsched_grpc.retrieval.tokenizer import keywords, tokenize
 
 KEY_WORDS = 8
@@ -129,6 +131,8 @@ def handle(ctx: HandlerContext) -> None:
         if cube.get(item.id) is not None:
             raise InvalidContent(f"memory id {item.id!r} already exists with other text")
         cube.put(item)
+        working = [WorkingEntry(id=item.id), *cube.state.working]
+        cube.set_working(working[: cube.capacities.working_memory_capacity])
         ctx.log(
             WebLogLabel.ADD_MEMORY,
             MemoryType.USER_INPUT,
