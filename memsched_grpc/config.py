@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from memsched_grpc.errors import ConfigError
@@ -37,7 +37,46 @@ class ServerConfig(Section):
     grace_seconds: float = Field(default=10.0, ge=0)
     """How long in-flight RPCs may finish on shutdown."""
     allow_public_without_auth: bool = False
-    """Explicit consent to listen on a non-loopback address (there is no authentication yet)."""
+    """Explicit consent to listen on a non-loopback address with no tokens configured."""
+
+
+class TlsConfig(Section):
+    """Server TLS; with ``client_ca_file`` set, clients must present a certificate it signed (mutual TLS)."""
+
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    client_ca_file: Path | None = None
+
+    @property
+    def enabled(self) -> bool:
+        return self.cert_file is not None
+
+    @model_validator(mode="after")
+    def _complete(self) -> TlsConfig:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file must be set together")
+        if self.client_ca_file is not None and self.cert_file is None:
+            raise ValueError("client_ca_file (mutual TLS) needs cert_file and key_file")
+        return self
+
+
+class TokenConfig(Section):
+    """A bearer token and the user ids it may act for ("*": every user)."""
+
+    token: SecretStr = Field(min_length=16)
+    users: list[str] = Field(min_length=1)
+    name: str = ""
+    """Shown in logs instead of the token."""
+
+
+class AuthConfig(Section):
+    """Token authentication through the ``authorization: Bearer <token>`` call metadata; off when empty."""
+
+    tokens: list[TokenConfig] = Field(default_factory=list)
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.tokens)
 
 
 class StorageConfig(Section):
@@ -107,6 +146,8 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="forbid")
 
     server: ServerConfig = Field(default_factory=ServerConfig)
+    tls: TlsConfig = Field(default_factory=TlsConfig)
+    auth: AuthConfig = Field(default_factory=AuthConfig)
     storage: StorageConfig = Field(default_factory=StorageConfig)
     workers: WorkerConfig = Field(default_factory=WorkerConfig)
     limits: LimitsConfig = Field(default_factory=LimitsConfig)

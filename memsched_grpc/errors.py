@@ -45,3 +45,7 @@ class NotFound(MemschedError):
 
 class StorageError(MemschedError):
     """LMDB refused an operation (disk full, for example); nothing was half-written."""
+
+
+class PermanentError(MemschedError):
+    """A handler error that no retry can fix (malformed content, for example): the item fails at once."""

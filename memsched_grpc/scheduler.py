@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 from memsched.v1 import items_pb2
 from memsched_grpc import __version__
+from memsched_grpc.auth import ANONYMOUS, Principal
 from memsched_grpc.config import Settings
 from memsched_grpc.dispatcher import Dispatcher, Finished
 from memsched_grpc.errors import InvalidItem, InvalidRequest, NotFound, Overloaded, ShuttingDown, StorageError
@@ -143,7 +144,11 @@ class MemScheduler:
                 del self._origins[item_id]
 
     def submit_stream(
-        self, session: Session, items: Sequence[items_pb2.ScheduleMessageItem], stop: threading.Event
+        self,
+        session: Session,
+        items: Sequence[items_pb2.ScheduleMessageItem],
+        stop: threading.Event,
+        principal: Principal = ANONYMOUS,
     ) -> None:
         """Validate, wait for backlog room (flow control: the stream is not read meanwhile), store; acks,
         rejections and later completions and log items arrive on the session."""
@@ -154,6 +159,10 @@ class MemScheduler:
                 self.validator.check(item, index)
             except InvalidItem as e:
                 rejections.append(Rejection(e.item_id, index, RejectCode.INVALID_ARGUMENT, e.field, e.rule))
+                continue
+            if not principal.may_act_for(item.user_id):
+                reason = f"token {principal.name!r} may not act for this user"
+                rejections.append(Rejection(item.item_id, index, RejectCode.PERMISSION_DENIED, "user_id", reason))
                 continue
             incoming.append(self._prepare(item))
         if rejections:
@@ -196,10 +205,15 @@ class MemScheduler:
             self.dispatcher.release(duplicates)
             session.settle(duplicates)
 
-    def submit(self, items: Sequence[items_pb2.ScheduleMessageItem], timeout: float = 60.0) -> list[Ack]:
-        """All-or-nothing batch: raises InvalidItems listing every bad item, Overloaded when the backlog is full."""
+    def submit(
+        self, items: Sequence[items_pb2.ScheduleMessageItem], timeout: float = 60.0, principal: Principal = ANONYMOUS
+    ) -> list[Ack]:
+        """All-or-nothing batch: raises InvalidItems listing every bad item, PermissionDenied for an item of a
+        user the caller may not act for, Overloaded when the backlog is full."""
         if not self._accepting:
             raise ShuttingDown("server is shutting down")
+        for item in items:
+            principal.check(item.user_id)
         errors: list[InvalidItem] = []
         for index, item in enumerate(items):
             try:

@@ -12,6 +12,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from memsched.v1 import scheduler_pb2, scheduler_pb2_grpc
+from memsched_grpc.auth import Authenticator
 from memsched_grpc.config import Settings
 from memsched_grpc.errors import ConfigError
 from memsched_grpc.scheduler import MemScheduler
@@ -35,10 +36,11 @@ class SchedulerServer:
     """A running memsched: the scheduler core plus its gRPC face."""
 
     def __init__(self, settings: Settings) -> None:
-        if not _is_loopback(settings.server.address) and not settings.server.allow_public_without_auth:
+        public = not _is_loopback(settings.server.address)
+        if public and not settings.auth.enabled and not settings.server.allow_public_without_auth:
             raise ConfigError(
-                f"server.address {settings.server.address!r} is not loopback and there is no authentication; "
-                "set server.allow_public_without_auth: true to listen there anyway"
+                f"server.address {settings.server.address!r} is not loopback and auth.tokens is empty; "
+                "configure tokens, or set server.allow_public_without_auth: true to listen there anyway"
             )
         self.settings = settings
         self.scheduler = MemScheduler(settings)
@@ -50,7 +52,7 @@ class SchedulerServer:
         """Start everything; returns the bound port."""
         self.scheduler.start()  # spawns workers: must come before the first grpc object
         cfg = self.settings.server
-        if not _is_loopback(cfg.address):
+        if not _is_loopback(cfg.address) and not self.settings.auth.enabled:
             log.warning("listening on non-loopback address %s WITHOUT authentication", cfg.address)
         options = [
             ("grpc.max_receive_message_length", cfg.max_receive_message_bytes),
@@ -61,15 +63,19 @@ class SchedulerServer:
             options=options,
             maximum_concurrent_rpcs=cfg.max_concurrent_rpcs,
         )
-        scheduler_pb2_grpc.add_SchedulerServicer_to_server(SchedulerServicer(self.scheduler), server)
+        servicer = SchedulerServicer(self.scheduler, Authenticator(self.settings.auth))
+        scheduler_pb2_grpc.add_SchedulerServicer_to_server(servicer, server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection(
             (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server
         )
-        self.port = server.add_insecure_port(cfg.address)
-        if self.port == 0:
+        try:
+            self.port = self._bind(server)
+            if self.port == 0:
+                raise ConfigError(f"server.address: cannot bind {cfg.address}")
+        except ConfigError:
             self.scheduler.stop(0)
-            raise ConfigError(f"server.address: cannot bind {cfg.address}")
+            raise
         server.start()
         self._server = server
         for name in ("", SERVICE_NAME):
@@ -83,6 +89,21 @@ class SchedulerServer:
             self.settings.storage.data_dir,
         )
         return self.port
+
+    def _bind(self, server: grpc.Server) -> int:
+        tls = self.settings.tls
+        if not tls.enabled:
+            return server.add_insecure_port(self.settings.server.address)
+        assert tls.cert_file is not None and tls.key_file is not None
+        try:
+            key, cert = tls.key_file.read_bytes(), tls.cert_file.read_bytes()
+            client_ca = tls.client_ca_file.read_bytes() if tls.client_ca_file else None
+        except OSError as e:
+            raise ConfigError(f"tls: cannot read a certificate or key file: {e}") from e
+        credentials = grpc.ssl_server_credentials(
+            [(key, cert)], root_certificates=client_ca, require_client_auth=client_ca is not None
+        )
+        return server.add_secure_port(self.settings.server.address, credentials)
 
     @property
     def address(self) -> str:

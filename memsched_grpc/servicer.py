@@ -11,6 +11,8 @@ import grpc
 
 from memsched.v1 import items_pb2, scheduler_pb2, scheduler_pb2_grpc
 from memsched_grpc import convert
+from memsched_grpc.auth import Authenticator, Principal
+from memsched_grpc.config import AuthConfig
 from memsched_grpc.errors import InvalidRequest, MemschedError
 from memsched_grpc.feed import Subscription, WatcherOverflow
 from memsched_grpc.models import LogItem, MemoryType, cube_sizes
@@ -30,8 +32,23 @@ def _require(field: str, value: str) -> None:
 
 
 class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
-    def __init__(self, scheduler: MemScheduler) -> None:
+    def __init__(self, scheduler: MemScheduler, authenticator: Authenticator | None = None) -> None:
         self.scheduler = scheduler
+        self.auth = authenticator or Authenticator(AuthConfig())
+
+    def _principal(self, context: grpc.ServicerContext) -> Principal:
+        return self._call(context, lambda: self.auth.authenticate(context.invocation_metadata()))
+
+    def _for_user(self, context: grpc.ServicerContext, user_id: str) -> Principal:
+        """Authenticate and require the right to act for ``user_id`` (which must be given)."""
+        principal = self._principal(context)
+
+        def check() -> None:
+            _require("user_id", user_id)
+            principal.check(user_id)
+
+        self._call(context, check)
+        return principal
 
     def _call(self, context: grpc.ServicerContext, fn: Callable[[], T]) -> T:
         try:
@@ -45,13 +62,14 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
     def Session(
         self, request_iterator: Iterator[scheduler_pb2.SessionRequest], context: grpc.ServicerContext
     ) -> Iterator[scheduler_pb2.SessionResponse]:
+        principal = self._principal(context)
         session = self.scheduler.open_session()
         stop = threading.Event()
 
         def read() -> None:
             try:
                 for request in request_iterator:
-                    self.scheduler.submit_stream(session, request.items, stop)
+                    self.scheduler.submit_stream(session, request.items, stop, principal)
             except grpc.RpcError:
                 pass  # the client went away; what was stored stays stored
             except Exception:
@@ -80,7 +98,8 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
     def Submit(
         self, request: scheduler_pb2.SubmitRequest, context: grpc.ServicerContext
     ) -> scheduler_pb2.SubmitResponse:
-        acks = self._call(context, lambda: self.scheduler.submit(request.items))
+        principal = self._principal(context)
+        acks = self._call(context, lambda: self.scheduler.submit(request.items, principal=principal))
         return scheduler_pb2.SubmitResponse(
             acks=[scheduler_pb2.ItemAck(item_id=a.item_id, duplicate=a.duplicate) for a in acks]
         )
@@ -88,8 +107,9 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
     def WatchLogs(
         self, request: scheduler_pb2.WatchLogsRequest, context: grpc.ServicerContext
     ) -> Iterator[scheduler_pb2.WatchLogsResponse]:
+        self._for_user(context, request.user_id)
+
         def start() -> tuple[Subscription, list[LogItem]]:
-            _require("user_id", request.user_id)
             if request.replay < 0:
                 raise InvalidRequest("replay", "must not be negative")
             return self.scheduler.watch(request.user_id, request.mem_cube_id, list(request.labels), request.replay)
@@ -117,8 +137,9 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
     def GetMemory(
         self, request: scheduler_pb2.GetMemoryRequest, context: grpc.ServicerContext
     ) -> scheduler_pb2.GetMemoryResponse:
+        self._for_user(context, request.user_id)
+
         def read() -> scheduler_pb2.GetMemoryResponse:
-            _require("user_id", request.user_id)
             _require("mem_cube_id", request.mem_cube_id)
             if request.limit < 0:
                 raise InvalidRequest("limit", "must not be negative")
@@ -152,15 +173,20 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
     def GetStatus(
         self, request: scheduler_pb2.GetStatusRequest, context: grpc.ServicerContext
     ) -> scheduler_pb2.GetStatusResponse:
+        principal = self._principal(context)
+
         def read() -> scheduler_pb2.GetStatusResponse:
             target = request.WhichOneof("target")
             if target == "item_id" and request.item_id:
                 status = self.scheduler.status(request.item_id)
+                principal.check(status.user_id)
                 return scheduler_pb2.GetStatusResponse(
                     status=convert.STATE_TO_PROTO[status.state], items=[convert.status_to_proto(status)]
                 )
             if target == "task_id" and request.task_id:
                 state, statuses = self.scheduler.task_status(request.task_id)
+                for item_status in statuses:
+                    principal.check(item_status.user_id)
                 return scheduler_pb2.GetStatusResponse(
                     status=convert.STATE_TO_PROTO[state], items=[convert.status_to_proto(s) for s in statuses]
                 )
@@ -171,8 +197,9 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
     def WaitIdle(
         self, request: scheduler_pb2.WaitIdleRequest, context: grpc.ServicerContext
     ) -> scheduler_pb2.WaitIdleResponse:
+        self._for_user(context, request.user_id)
+
         def wait() -> scheduler_pb2.WaitIdleResponse:
-            _require("user_id", request.user_id)
             timeout = (
                 request.timeout.ToTimedelta().total_seconds() if request.HasField("timeout") else DEFAULT_WAIT_SECONDS
             )
@@ -186,6 +213,7 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
     def GetInfo(
         self, request: scheduler_pb2.GetInfoRequest, context: grpc.ServicerContext
     ) -> scheduler_pb2.GetInfoResponse:
+        self._principal(context)
         s = self.scheduler
         return scheduler_pb2.GetInfoResponse(
             labels=s.labels,
@@ -198,7 +226,11 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
     def ListCubes(
         self, request: scheduler_pb2.ListCubesRequest, context: grpc.ServicerContext
     ) -> scheduler_pb2.ListCubesResponse:
+        principal = self._principal(context)
+
         def read() -> scheduler_pb2.ListCubesResponse:
+            if request.user_id:
+                principal.check(request.user_id)
             return scheduler_pb2.ListCubesResponse(
                 cubes=[
                     scheduler_pb2.CubeSummary(
@@ -209,6 +241,7 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
                         memcube_name=c.state.memcube_name or c.state.mem_cube_id,
                     )
                     for c in self.scheduler.list_cubes(request.user_id)
+                    if principal.may_act_for(c.state.user_id)
                 ]
             )
 
@@ -217,8 +250,9 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
     def GetCubeState(
         self, request: scheduler_pb2.GetCubeStateRequest, context: grpc.ServicerContext
     ) -> scheduler_pb2.GetCubeStateResponse:
+        self._for_user(context, request.user_id)
+
         def read() -> scheduler_pb2.GetCubeStateResponse:
-            _require("user_id", request.user_id)
             _require("mem_cube_id", request.mem_cube_id)
             state, usage = self.scheduler.cube_state(request.user_id, request.mem_cube_id)
             return scheduler_pb2.GetCubeStateResponse(
@@ -245,9 +279,15 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
     def ListDeadLetters(
         self, request: scheduler_pb2.ListDeadLettersRequest, context: grpc.ServicerContext
     ) -> scheduler_pb2.ListDeadLettersResponse:
+        principal = self._principal(context)
+
         def read() -> scheduler_pb2.ListDeadLettersResponse:
             if request.limit < 0:
                 raise InvalidRequest("limit", "must not be negative")
+            if request.user_id:
+                principal.check(request.user_id)
+            elif not principal.all_users:
+                raise InvalidRequest("user_id", "is required for a token limited to some users")
             items = self.scheduler.dead_letters(request.user_id, request.mem_cube_id, request.limit)
             return scheduler_pb2.ListDeadLettersResponse(items=[convert.status_to_proto(s) for s in items])
 
@@ -256,7 +296,14 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
     def RedriveDeadLetters(
         self, request: scheduler_pb2.RedriveDeadLettersRequest, context: grpc.ServicerContext
     ) -> scheduler_pb2.RedriveDeadLettersResponse:
-        ids = self._call(context, lambda: self.scheduler.redrive(list(request.item_ids)))
+        principal = self._principal(context)
+
+        def redrive() -> list[str]:
+            for item_id in request.item_ids:
+                principal.check(self.scheduler.status(item_id).user_id)
+            return self.scheduler.redrive(list(request.item_ids))
+
+        ids = self._call(context, redrive)
         return scheduler_pb2.RedriveDeadLettersResponse(item_ids=ids)
 
 

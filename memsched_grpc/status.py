@@ -9,6 +9,7 @@ from google.protobuf import any_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
+from memsched_grpc.auth import PermissionDenied, Unauthenticated
 from memsched_grpc.errors import InvalidItem, InvalidRequest, NotFound, Overloaded, ShuttingDown, StorageError
 from memsched_grpc.scheduler import InvalidItems
 
@@ -39,6 +40,10 @@ def to_status(error: Exception) -> grpc.Status:
         return _status(
             code_pb2.INVALID_ARGUMENT, f"{error.field}: {error.rule}", _bad_request([(error.field, error.rule)])
         )
+    if isinstance(error, Unauthenticated):
+        return _status(code_pb2.UNAUTHENTICATED, str(error))
+    if isinstance(error, PermissionDenied):
+        return _status(code_pb2.PERMISSION_DENIED, str(error))
     if isinstance(error, NotFound):
         return _status(code_pb2.NOT_FOUND, str(error))
     if isinstance(error, Overloaded):

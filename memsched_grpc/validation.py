@@ -15,6 +15,8 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _TS_MIN, _TS_MAX = -62135596800, 253402300799
 _REQUIRED_IDS = ("item_id", "user_id", "mem_cube_id", "label")
 _OPTIONAL_IDS = ("session_id", "task_id", "trace_id", "user_name")
+# Labels whose handler has nothing to work on without content: refused here rather than failed later.
+NEEDS_CONTENT = frozenset({"add", "query", "answer"})
 
 
 class ItemValidator:
@@ -41,6 +43,8 @@ class ItemValidator:
             raise InvalidItem(
                 "label", f"unknown label {item.label!r}; registered labels: {self._label_list}", item_id, index
             )
+        if not item.content.strip() and item.label in NEEDS_CONTENT:
+            raise InvalidItem("content", f"must not be empty for label {item.label!r}", item_id, index)
         limit = self._limits.max_content_bytes
         # len(str) <= bytes <= 4·len(str): only encode when the cheap bound cannot decide.
         if len(item.content) * 4 > limit and len(item.content.encode("utf-8")) > limit:

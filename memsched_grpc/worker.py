@@ -21,7 +21,7 @@ import lmdb
 from memsched_grpc import convert
 from memsched_grpc.config import Settings
 from memsched_grpc.cube import Cube
-from memsched_grpc.errors import StorageError
+from memsched_grpc.errors import PermanentError, StorageError
 from memsched_grpc.handlers import Handler, HandlerContext, build_registry
 from memsched_grpc.models import Message
 from memsched_grpc.store import keys
@@ -204,9 +204,10 @@ class Worker:
                     pending.attempts + 1,
                     exc_info=True,
                 )
-                if self._fail(cube_key, items[i:], f"{type(e).__name__}: {e}", plan, time.perf_counter() - started):
-                    return
-                continue
+                permanent = isinstance(e, PermanentError)
+                error = f"{type(e).__name__}: {e}"
+                self._fail(cube_key, items[i:], error, plan, time.perf_counter() - started, permanent)
+                return
             finally:
                 cube_ref = self.cubes.get(cube_key)
                 if cube_ref is not None:
@@ -214,21 +215,29 @@ class Worker:
             logs = [log.model_dump_json().encode() for log in ctx.logs]
             plan.results.append((pending.seq, OK, "", pending.attempts + 1, logs, time.perf_counter() - started))
 
-    def _fail(self, cube_key: bytes, rest: list[Pending], error: str, plan: _Plan, elapsed: float = 0.0) -> bool:
-        """Count a failed attempt of rest[0]. Returns True when the cube waits for a retry (rest is requeued)."""
+    def _fail(
+        self,
+        cube_key: bytes,
+        rest: list[Pending],
+        error: str,
+        plan: _Plan,
+        elapsed: float = 0.0,
+        permanent: bool = False,
+    ) -> None:
+        """Count a failed attempt of rest[0]; the cube's later items are requeued behind it (order holds).
+        A permanent error, or the last allowed attempt, fails the item; otherwise it waits for a retry."""
         pending = rest[0]
         pending.attempts += 1
         cfg = self.settings.workers
-        if pending.attempts >= cfg.max_attempts:
+        if permanent or pending.attempts >= cfg.max_attempts:
             plan.results.append((pending.seq, FAILED, error, pending.attempts, [], elapsed))
             if len(rest) > 1:
                 plan.requeue.append((cube_key, rest[1:]))
-            return True
+            return
         plan.results.append((pending.seq, RETRY, error, pending.attempts, [], elapsed))
         backoff = min(cfg.retry_backoff_seconds * 2 ** (pending.attempts - 1), cfg.retry_backoff_max_seconds)
         plan.blocked[cube_key] = time.monotonic() + backoff
         plan.requeue.append((cube_key, rest))
-        return True
 
     def _cube(self, tables: CubeTables, txn: lmdb.Transaction, cube_key: bytes, message: Message) -> Cube:
         cube = self.cubes.get(cube_key)

@@ -26,7 +26,7 @@ TEST_HANDLERS = {"record": "tests.handlers:record", "slow": "tests.handlers:slow
 
 
 def item(
-    user: str = "u1", cube: str = "c1", label: str = "add", content: str = "", **kw: Any
+    user: str = "u1", cube: str = "c1", label: str = "add", content: str = "a memory", **kw: Any
 ) -> items_pb2.ScheduleMessageItem:
     return items_pb2.ScheduleMessageItem(
         item_id=kw.pop("item_id", str(uuid.uuid4())), user_id=user, mem_cube_id=cube, label=label, content=content, **kw
@@ -105,12 +105,14 @@ def make_server(tmp_path: Path, record_dir: Path) -> Iterator[Any]:
     """Start in-process servers with settings overrides; all are stopped at teardown."""
     started: list[SchedulerServer] = []
 
-    def make(data_dir: Path | None = None, **sections: dict[str, Any]) -> tuple[SchedulerServer, Client]:
+    def make(data_dir: Path | None = None, **sections: dict[str, Any]) -> tuple[SchedulerServer, Client | None]:
+        """The Client is plain-text and token-less: None when the server wants TLS or tokens."""
         settings = load_settings(**settings_dict(data_dir or tmp_path / "data", **sections))
         server = SchedulerServer(settings)
         server.start()
         started.append(server)
-        return server, Client(server.address)
+        plain = not settings.tls.enabled and not settings.auth.enabled
+        return server, Client(server.address) if plain else None
 
     yield make
     for server in started:

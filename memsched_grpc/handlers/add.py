@@ -17,6 +17,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+from memsched_grpc.errors import PermanentError
 from memsched_grpc.handlers.base import HandlerContext
 from memsched_grpc.models import MemoryItem, MemoryType, Message, WebLogLabel, WorkingEntry, utcnow
 from memsched_grpc.retrieval.tokenizer import keywords, tokenize
@@ -26,7 +27,7 @@ MAX_MERGED = 20
 NEAR_DUPLICATE_MIN_TOKENS = 4
 
 
-class InvalidContent(ValueError):
+class InvalidContent(PermanentError):
     """The add message's content is not usable memory; the message fails with this reason."""
 
 

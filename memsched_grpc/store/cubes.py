@@ -43,8 +43,8 @@ class CubeTables:
         txn.put(cube, state.model_dump_json().encode(), db=self._cube)
 
     def iter_cubes(self, txn: lmdb.Transaction, user_id: str) -> Iterator[CubeState]:
-        """The cubes of one user (cube keys start with the user id)."""
-        prefix = user_id.encode() + keys.CUBE_SEP
+        """The cubes of one user (cube keys start with the user id), or of all users when it is empty."""
+        prefix = user_id.encode() + keys.CUBE_SEP if user_id else b""
         cursor = txn.cursor(db=self._cube)
         if not cursor.set_range(prefix):
             return
