@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
@@ -140,6 +140,17 @@ class SchedulerConfig(Section):
     """Working-memory candidates this similar to a better one are dropped (MemOS: TF-IDF cosine 0.75)."""
 
 
+class MetricsConfig(Section):
+    """The Prometheus endpoint (memsched_grpc/metrics.py): queue depth, items by status, handler latency,
+    partition sizes, worker restarts."""
+
+    enabled: bool = False
+    address: str = "127.0.0.1:9464"
+    """host:port serving /metrics; port 0 picks a free port."""
+    per_cube: bool = False
+    """Also export each cube's partition sizes (one series per cube and partition: mind the cardinality)."""
+
+
 class Settings(BaseSettings):
     """All of memsched's configuration."""
 
@@ -155,6 +166,9 @@ class Settings(BaseSettings):
     handlers: dict[str, str] = Field(default_factory=dict)
     """Extra handlers, label -> "package.module:function"; imported by every worker."""
     log_level: str = "INFO"
+    log_format: Literal["text", "json"] = "text"
+    """text: readable lines; json: one JSON object per line (time, level, logger, message, ids, traceback)."""
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
 
     @field_validator("log_level")
     @classmethod

@@ -15,6 +15,7 @@ from memsched.v1 import scheduler_pb2, scheduler_pb2_grpc
 from memsched_grpc.auth import Authenticator
 from memsched_grpc.config import Settings
 from memsched_grpc.errors import ConfigError
+from memsched_grpc.metrics import Metrics
 from memsched_grpc.scheduler import MemScheduler
 from memsched_grpc.servicer import SchedulerServicer
 
@@ -47,6 +48,7 @@ class SchedulerServer:
         self.port = 0
         self._server: grpc.Server | None = None
         self._health = health.HealthServicer()
+        self.metrics = Metrics(self.scheduler, settings.metrics) if settings.metrics.enabled else None
 
     def start(self) -> int:
         """Start everything; returns the bound port."""
@@ -80,6 +82,8 @@ class SchedulerServer:
         self._server = server
         for name in ("", SERVICE_NAME):
             self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        if self.metrics is not None:
+            self._start_metrics()
         log.info(
             "memsched %s listening on %s (port %d), %d workers, data in %s",
             self.scheduler.version,
@@ -105,6 +109,15 @@ class SchedulerServer:
         )
         return server.add_secure_port(self.settings.server.address, credentials)
 
+    def _start_metrics(self) -> None:
+        """If the metrics endpoint cannot start, nothing stays running."""
+        assert self.metrics is not None
+        try:
+            self.metrics.start()
+        except ConfigError:
+            self.stop()
+            raise
+
     @property
     def address(self) -> str:
         host = self.settings.server.address.rsplit(":", 1)[0]
@@ -112,6 +125,8 @@ class SchedulerServer:
 
     def stop(self) -> None:
         grace = self.settings.server.grace_seconds
+        if self.metrics is not None:
+            self.metrics.stop()  # first: scrapes read the scheduler's LMDB, which stop() closes
         self._health.enter_graceful_shutdown()
         if self._server is not None:
             self.scheduler.refuse_new()

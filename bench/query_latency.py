@@ -1,0 +1,271 @@
+"""Benchmark 3: latency from sending a ``query`` to receiving the ``scheduleMemory`` log item it causes, with
+``--cubes`` cubes of ``--items`` long-term memories each (default 100 x 10,000 = 1M memories), idle and
+while another process ingests at full speed into other cubes.
+
+Every timed query brings a newcomer into working memory, so it really logs ``scheduleMemory``: each cube
+holds ``PROBES`` memories carrying a token of their own (``zqp<cube>x<j>``), and timed query j of a cube
+names probe j beside ordinary words (so its BM25 scoring walks long postings as a real query does). Probe j
+ranks first and has never been in working memory. The time to the query's completion event is reported
+beside it. Queries are sent one at a time on one Session stream.
+
+Loading 1M memories takes many minutes, so the data dir is built once (through Submit and WaitIdle, the
+fastest way in) and cached under ``--cache`` (default /tmp/memsched-bench-cache); each run copies it to a
+temporary dir, so runs do not see each other's changes. ``--rebuild`` builds it again.
+
+    python -m bench.query_latency [--cubes 100] [--items 10000] [--queries 300]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import grpc.aio
+
+from bench.common import ROOT, Corpus, Memsched, MemschedConfig, aio_channel, header, item, percentile, session_call
+from memsched.v1 import scheduler_pb2, scheduler_pb2_grpc
+
+PROBES = 50
+PER_ADD = 100  # memories per add message (a JSON list of chat messages)
+SUBMIT_ITEMS = 100  # add messages per Submit call
+FORMAT = 1  # bump when the data layout or corpus changes
+
+
+def cube_name(i: int) -> tuple[str, str]:
+    return f"qu{i % 10}", f"qc{i}"
+
+
+def probe_token(cube: int, j: int) -> str:
+    return f"zqp{cube}x{j}"
+
+
+def build(data_dir: Path, cubes: int, per_cube: int, workers: int) -> None:
+    """Fill ``data_dir`` with ``cubes`` cubes of ``per_cube`` memories, PROBES of which carry probe tokens."""
+    corpus = Corpus(seed=11)
+    server = Memsched(MemschedConfig(workers=workers, max_backlog=100_000), data_dir=data_dir)
+    started = time.perf_counter()
+    try:
+        channel = grpc.insecure_channel(server.address, options=[("grpc.max_send_message_length", 64 << 20)])
+        stub = scheduler_pb2_grpc.SchedulerStub(channel)
+        probe_at = {k * (per_cube // PROBES): k for k in range(PROBES)}
+        pending: list = []
+        sent = 0
+
+        def flush() -> None:
+            nonlocal pending
+            while True:
+                try:
+                    stub.Submit(scheduler_pb2.SubmitRequest(items=pending), timeout=300)
+                    break
+                except grpc.RpcError as e:
+                    if e.code() != grpc.StatusCode.RESOURCE_EXHAUSTED:
+                        raise
+                    time.sleep(0.5)
+            pending = []
+
+        for c in range(cubes):
+            user, cube = cube_name(c)
+            for start in range(0, per_cube, PER_ADD):
+                chat = []
+                for n in range(start, min(start + PER_ADD, per_cube)):
+                    text = corpus.sentence()
+                    if n in probe_at:
+                        text = f"{text[:-1]} {probe_token(c, probe_at[n])}."
+                    chat.append({"content": text})
+                pending.append(item(user, cube, "add", json.dumps(chat)))
+                sent += 1
+                if len(pending) >= SUBMIT_ITEMS:
+                    flush()
+            print(f"  build: {c + 1}/{cubes} cubes submitted ({time.perf_counter() - started:.0f} s)", flush=True)
+        if pending:
+            flush()
+        for u in sorted({cube_name(c)[0] for c in range(cubes)}):
+            while True:
+                req = scheduler_pb2.WaitIdleRequest(user_id=u)
+                req.timeout.FromSeconds(600)
+                if stub.WaitIdle(req, timeout=700).idle:
+                    break
+        channel.close()
+    finally:
+        server.stop(timeout=120)
+    print(f"  build: {cubes * per_cube:,} memories in {time.perf_counter() - started:.0f} s", flush=True)
+
+
+@dataclass
+class Timing:
+    to_log: float
+    to_completion: float
+
+
+class QueryStream:
+    """One Session; queries are sent one at a time and their scheduleMemory log and completion awaited."""
+
+    def __init__(self, channel: grpc.aio.Channel) -> None:
+        self.call = session_call(channel)
+        self.logs: dict[str, asyncio.Future[float]] = {}
+        self.done: dict[str, asyncio.Future[float]] = {}
+        self.reader = asyncio.ensure_future(self._read())
+
+    async def _read(self) -> None:
+        async for response in self.call:
+            now = time.perf_counter()
+            for log in response.logs:
+                waiter = self.logs.get(log.source_item_id)
+                if waiter is not None and log.label == "scheduleMemory" and not waiter.done():
+                    waiter.set_result(now)
+            for completion in response.completions:
+                waiter = self.done.pop(completion.item_id, None)
+                if waiter is not None and not waiter.done():
+                    waiter.set_result(now)
+
+    async def query(self, user: str, cube: str, text: str, timeout: float) -> Timing | None:
+        item_id = uuid.uuid4().hex
+        loop = asyncio.get_running_loop()
+        self.logs[item_id], self.done[item_id] = loop.create_future(), loop.create_future()
+        payload = scheduler_pb2.SessionRequest(items=[item(user, cube, "query", text, item_id)]).SerializeToString()
+        sent = time.perf_counter()
+        await self.call.write(payload)
+        try:
+            done = await asyncio.wait_for(self.done[item_id], timeout)
+        except TimeoutError:
+            return None
+        finally:
+            self.done.pop(item_id, None)
+        log_future = self.logs.pop(item_id)
+        to_log = log_future.result() - sent if log_future.done() else float("nan")
+        return Timing(to_log, done - sent)
+
+    def close(self) -> None:
+        self.call.cancel()
+        self.reader.cancel()
+
+
+def query_text(corpus: Corpus, token: str) -> str:
+    return f"What did we say about {corpus.word()} {corpus.word()} and {corpus.word()} {token}?"
+
+
+async def timed_queries(
+    address: str, cubes: int, count: int, probe_offset: int, timeout: float
+) -> tuple[list[Timing], int]:
+    corpus = Corpus(seed=23 + probe_offset)
+    out: list[Timing] = []
+    missed = 0
+    async with aio_channel(address) as channel:
+        await channel.channel_ready()
+        stream = QueryStream(channel)
+        for n in range(count):
+            c = n % cubes
+            j = probe_offset + n // cubes
+            user, cube = cube_name(c)
+            timing = await stream.query(user, cube, query_text(corpus, probe_token(c, j)), timeout)
+            if timing is None or timing.to_log != timing.to_log:
+                missed += 1
+            if timing is not None:
+                out.append(timing)
+        stream.close()
+    return out, missed
+
+
+async def warm(address: str, cubes: int) -> float:
+    """One query per cube, so every cube is loaded in its worker before timing; returns the slowest."""
+    corpus = Corpus(seed=5)
+    slowest = 0.0
+    async with aio_channel(address) as channel:
+        await channel.channel_ready()
+        stream = QueryStream(channel)
+        for c in range(cubes):
+            user, cube = cube_name(c)
+            timing = await stream.query(user, cube, query_text(corpus, "warmup"), 600)
+            slowest = max(slowest, timing.to_completion if timing else float("inf"))
+        stream.close()
+    return slowest
+
+
+def report(name: str, timings: list[Timing], missed: int) -> None:
+    logs = [t.to_log * 1000 for t in timings if t.to_log == t.to_log]
+    done = [t.to_completion * 1000 for t in timings]
+    print(
+        f"| {name} | to scheduleMemory log | {len(logs)} | {percentile(logs, 0.5):.1f} | {percentile(logs, 0.95):.1f} "
+        f"| {percentile(logs, 0.99):.1f} | {max(logs, default=float('nan')):.1f} | {missed} |"
+    )
+    print(
+        f"| {name} | to completion | {len(done)} | {percentile(done, 0.5):.1f} | {percentile(done, 0.95):.1f} "
+        f"| {percentile(done, 0.99):.1f} | {max(done, default=float('nan')):.1f} | |"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--cubes", type=int, default=100)
+    parser.add_argument("--items", type=int, default=10_000, help="long-term memories per cube")
+    parser.add_argument("--queries", type=int, default=300, help="timed queries per phase")
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--load-seconds", type=float, default=0, help="length of the loaded phase's ingest")
+    parser.add_argument("--timeout", type=float, default=20.0, help="per timed query")
+    parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "memsched-bench-cache")
+    parser.add_argument("--rebuild", action="store_true")
+    parser.add_argument("--build-only", action="store_true", help="build (or find) the cached data dir and stop")
+    args = parser.parse_args()
+    if args.queries // args.cubes * 2 + 2 > PROBES:
+        parser.error(f"at most {PROBES // 2 - 1} timed queries per cube and phase")
+    header(f"query -> scheduleMemory latency, {args.cubes} cubes x {args.items} memories")
+    cached = args.cache / f"query-{args.cubes}x{args.items}-f{FORMAT}"
+    if args.rebuild or not (cached / "complete").exists():
+        shutil.rmtree(cached, ignore_errors=True)
+        print(f"building the data dir in {cached} (once; later runs reuse it)", flush=True)
+        build(cached / "data", args.cubes, args.items, args.workers)
+        (cached / "complete").write_text(time.ctime())
+    if args.build_only:
+        return
+    work = Path(tempfile.mkdtemp(prefix="memsched-query-"))
+    try:
+        shutil.copytree(cached / "data", work / "data")
+        server = Memsched(MemschedConfig(workers=args.workers, max_backlog=100_000), data_dir=work / "data")
+        try:
+            t0 = time.perf_counter()
+            slowest = asyncio.run(warm(server.address, args.cubes))
+            print(
+                f"warm-up: first query of each cube (loads it into its worker): {time.perf_counter() - t0:.1f} s "
+                f"for {args.cubes} cubes, slowest {slowest * 1000:.0f} ms; server+workers RSS "
+                f"{server.rss() / 2**20:,.0f} MiB",
+                flush=True,
+            )
+            idle, idle_missed = asyncio.run(timed_queries(server.address, args.cubes, args.queries, 1, args.timeout))
+            load_seconds = args.load_seconds or max(30.0, args.queries * 0.1 + 10)
+            load = subprocess.Popen(
+                [sys.executable, "-m", "bench.load", "--address", server.address, "--seconds", str(load_seconds)],
+                cwd=ROOT,
+                stdout=subprocess.PIPE,
+                text=True,
+            )
+            time.sleep(3)  # let the load reach full speed
+            offset = 1 + args.queries // args.cubes + 1
+            loaded, loaded_missed = asyncio.run(
+                timed_queries(server.address, args.cubes, args.queries, offset, args.timeout)
+            )
+            load_out, _ = load.communicate(timeout=load_seconds + 120)
+        finally:
+            server.stop(timeout=120)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    print()
+    print("| phase | latency | queries | p50 ms | p95 ms | p99 ms | max ms | missed |")
+    print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+    report("idle", idle, idle_missed)
+    report("during full-speed ingest", loaded, loaded_missed)
+    print(f"ingest during the loaded phase: {load_out.strip()}")
+    print("target: p99 <= 20 ms idle (to the scheduleMemory log)")
+
+
+if __name__ == "__main__":
+    main()
