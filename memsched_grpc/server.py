@@ -130,7 +130,10 @@ class SchedulerServer:
         self._health.enter_graceful_shutdown()
         if self._server is not None:
             self.scheduler.refuse_new()
-            self._server.stop(grace).wait()
+            # grpc sets this event once every call is gone; a call wedged inside grpc itself (seen after
+            # streams whose requests failed to decode) would hold it forever, so the wait is bounded.
+            if not self._server.stop(grace).wait(grace + 5):
+                log.warning("gRPC server did not report shutdown %.0fs after the grace period; going on", 5.0)
         self.scheduler.stop(drain_seconds=grace)
         log.info("memsched stopped")
 

@@ -13,7 +13,7 @@ from memsched.v1 import items_pb2, scheduler_pb2, scheduler_pb2_grpc
 from memsched_grpc import convert
 from memsched_grpc.auth import Authenticator, Principal
 from memsched_grpc.config import AuthConfig
-from memsched_grpc.errors import InvalidRequest, MemschedError
+from memsched_grpc.errors import InvalidRequest, MemschedError, NotFound
 from memsched_grpc.feed import Subscription, WatcherOverflow
 from memsched_grpc.models import LogItem, MemoryType, cube_sizes
 from memsched_grpc.scheduler import MemScheduler
@@ -300,7 +300,10 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
 
         def redrive() -> list[str]:
             for item_id in request.item_ids:
-                principal.check(self.scheduler.status(item_id).user_id)
+                try:
+                    principal.check(self.scheduler.status(item_id).user_id)
+                except NotFound:
+                    continue  # not a dead letter: the re-drive leaves it out
             return self.scheduler.redrive(list(request.item_ids))
 
         ids = self._call(context, redrive)

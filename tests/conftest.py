@@ -22,7 +22,12 @@ from memsched_grpc.config import load_settings
 from memsched_grpc.server import SchedulerServer
 
 ROOT = Path(__file__).resolve().parent.parent
-TEST_HANDLERS = {"record": "tests.handlers:record", "slow": "tests.handlers:slow", "poison": "tests.handlers:poison"}
+TEST_HANDLERS = {
+    "record": "tests.handlers:record",
+    "slow": "tests.handlers:slow",
+    "poison": "tests.handlers:poison",
+    "flaky": "tests.handlers:flaky",
+}
 
 
 def item(

@@ -27,3 +27,10 @@ def slow(ctx: HandlerContext) -> None:
 
 def poison(ctx: HandlerContext) -> None:
     raise RuntimeError(f"poison item {ctx.message.item_id} always fails")
+
+
+def flaky(ctx: HandlerContext) -> None:
+    """Fails while the file 'broken' exists in the record dir, then records like ``record``."""
+    if (Path(os.environ["TEST_MEMSCHED_RECORD_DIR"]) / "broken").exists():
+        raise RuntimeError("dependency is down")
+    record(ctx)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import shutil
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -70,12 +71,11 @@ class Environment:
                 self.grow()
             except lmdb.MapResizedError:
                 self._adopt_size()
-            except lmdb.DiskError as e:
-                raise StorageError(f"disk error in {self.path}: {e}") from e
             except lmdb.Error as e:
-                if "No space left" in str(e) or "ENOSPC" in str(e):
-                    raise StorageError(f"disk full writing {self.path}: {e}") from e
-                raise
+                # The transaction was aborted whole: what is committed stays intact and readable.
+                free = shutil.disk_usage(self.path).free
+                hint = f"disk full ({free} bytes free)" if free < (1 << 20) else f"{free} bytes free"
+                raise StorageError(f"write to {self.path} failed, nothing of it was stored: {e}; {hint}") from e
         raise StorageError(f"LMDB map of {self.path} could not grow enough for one transaction")
 
     @contextmanager
