@@ -74,6 +74,7 @@ class CubeView:
     partitions: list[Partition]
     sizes: MemorySizes
     capacities: MemoryCapacities
+    archived: list[MemoryItem] = field(default_factory=list)
 
 
 class MemScheduler:
@@ -291,7 +292,9 @@ class MemScheduler:
     def wait_idle(self, user_id: str, mem_cube_id: str, timeout: float) -> int:
         return self.dispatcher.wait_idle(user_id, mem_cube_id, min(max(timeout, 0.0), MAX_WAIT_SECONDS))
 
-    def read_memory(self, user_id: str, mem_cube_id: str, types: Sequence[MemoryType], limit: int) -> CubeView:
+    def read_memory(
+        self, user_id: str, mem_cube_id: str, types: Sequence[MemoryType], limit: int, include_archived: bool = False
+    ) -> CubeView:
         tables = self.shards.for_cube(user_id, mem_cube_id)
         key = keys.cube_key(user_id, mem_cube_id)
         caps = self.settings.scheduler.capacities
@@ -325,7 +328,12 @@ class MemScheduler:
                 else:
                     raise InvalidRequest("memory_types", f"{memory_type} is not a readable partition")
                 partitions.append(part)
-        return CubeView(state, partitions, cube_sizes(state), caps)
+            archived: list[MemoryItem] = []
+            if include_archived:
+                for memory_type in (MemoryType.LONG_TERM, MemoryType.USER):
+                    archived.extend(tables.iter_archive(txn, key, memory_type))
+                archived.sort(key=lambda m: m.updated_at, reverse=True)
+        return CubeView(state, partitions, cube_sizes(state), caps, archived[: limit or None])
 
     def history(self, user_id: str, mem_cube_id: str, last: int) -> list[LogItem]:
         """Recent log items of one cube, or of every cube of the user (each cube's in order)."""

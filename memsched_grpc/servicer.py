@@ -149,7 +149,9 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
                 if memory_type is None:
                     raise InvalidRequest("memory_types", f"{value} is not a memory type")
                 types.append(memory_type)
-            view = self.scheduler.read_memory(request.user_id, request.mem_cube_id, types, request.limit)
+            view = self.scheduler.read_memory(
+                request.user_id, request.mem_cube_id, types, request.limit, request.include_archived
+            )
             return scheduler_pb2.GetMemoryResponse(
                 partitions=[
                     scheduler_pb2.MemoryPartition(
@@ -166,6 +168,7 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
                 sizes=convert.sizes_to_proto(view.sizes),
                 capacities=convert.capacities_to_proto(view.capacities),
                 activation_memory=view.state.activation_text,
+                archived=[convert.memory_to_proto(m) for m in view.archived],
             )
 
         return self._call(context, read)

@@ -332,12 +332,15 @@ class GetMemoryRequest(_message.Message):
     MEM_CUBE_ID_FIELD_NUMBER: _builtins.int
     MEMORY_TYPES_FIELD_NUMBER: _builtins.int
     LIMIT_FIELD_NUMBER: _builtins.int
+    INCLUDE_ARCHIVED_FIELD_NUMBER: _builtins.int
     user_id: _builtins.str
     """The cube's user. Required."""
     mem_cube_id: _builtins.str
     """The cube. Required."""
     limit: _builtins.int
     """At most this many items per partition (0: all). Working memory is in schedule order, the others newest first."""
+    include_archived: _builtins.bool
+    """Also return the memories archived by capacity eviction (up to limit, newest first)."""
     @_builtins.property
     def memory_types(self) -> _containers.RepeatedScalarFieldContainer[_items_pb2.MemoryType.ValueType]:
         """The partitions to return; empty: WorkingMemory, LongTermMemory, UserMemory and ActivationMemory."""
@@ -349,10 +352,11 @@ class GetMemoryRequest(_message.Message):
         mem_cube_id: _builtins.str = ...,
         memory_types: _abc.Iterable[_items_pb2.MemoryType.ValueType] | None = ...,
         limit: _builtins.int = ...,
+        include_archived: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["limit", b"limit", "mem_cube_id", b"mem_cube_id", "memory_types", b"memory_types", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["include_archived", b"include_archived", "limit", b"limit", "mem_cube_id", b"mem_cube_id", "memory_types", b"memory_types", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -404,6 +408,7 @@ class GetMemoryResponse(_message.Message):
     SIZES_FIELD_NUMBER: _builtins.int
     CAPACITIES_FIELD_NUMBER: _builtins.int
     ACTIVATION_MEMORY_FIELD_NUMBER: _builtins.int
+    ARCHIVED_FIELD_NUMBER: _builtins.int
     activation_memory: _builtins.str
     """The assembled activation memory text (empty when disabled or not yet built)."""
     @_builtins.property
@@ -418,6 +423,10 @@ class GetMemoryResponse(_message.Message):
     def capacities(self) -> _items_pb2.MemoryCapacities:
         """All partition capacities."""
 
+    @_builtins.property
+    def archived(self) -> _containers.RepeatedCompositeFieldContainer[_items_pb2.MemoryItem]:
+        """Archived memories, when include_archived was set."""
+
     def __init__(
         self,
         *,
@@ -425,10 +434,11 @@ class GetMemoryResponse(_message.Message):
         sizes: _items_pb2.MemorySizes | None = ...,
         capacities: _items_pb2.MemoryCapacities | None = ...,
         activation_memory: _builtins.str = ...,
+        archived: _abc.Iterable[_items_pb2.MemoryItem] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["capacities", b"capacities", "sizes", b"sizes"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["activation_memory", b"activation_memory", "capacities", b"capacities", "partitions", b"partitions", "sizes", b"sizes"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["activation_memory", b"activation_memory", "archived", b"archived", "capacities", b"capacities", "partitions", b"partitions", "sizes", b"sizes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
