@@ -1,0 +1,2 @@
+// Public surface of the memsched Node client.
+export * from './client';
