@@ -89,6 +89,9 @@ class StorageConfig(Section):
     """Log items kept per cube for replay."""
     sync: bool = True
     """fsync every commit; turning it off risks losing the latest acknowledged items on power loss."""
+    status_retention_hours: float = Field(default=168.0, gt=0)
+    """Finished items' status records are kept this long (default a week), and so is the memory of their
+    item_ids: a duplicate resent within it is recognised; dead letters stay until re-driven."""
 
 
 class WorkerConfig(Section):

@@ -25,7 +25,7 @@ from memsched_grpc.store.environment import Environment, as_bytes
 
 log = logging.getLogger(__name__)
 
-DB_NAMES = ("status", "pending", "tasks", "meta", "dead")
+DB_NAMES = ("status", "pending", "tasks", "meta", "dead", "finished")
 _WAITING, _COMPLETED, _FAILED = b"W", b"C", b"F"
 _FINAL = {TaskState.COMPLETED: _COMPLETED, TaskState.FAILED: _FAILED}
 MAX_GROUP_ITEMS = 20_000
@@ -83,6 +83,7 @@ class Inbox:
         self._tasks = self.env.dbs["tasks"]
         self._meta = self.env.dbs["meta"]
         self._dead = self.env.dbs["dead"]
+        self._finished = self.env.dbs["finished"]
         self._seq_lock = threading.Lock()  # accept and redrive both hand out sequence numbers
         self.shards = self._fix_shards(storage.shards)
         with self.env.read() as txn:
@@ -156,8 +157,45 @@ class Inbox:
                 if state == TaskState.FAILED:
                     txn.put(seq, record.accepted_ns.to_bytes(8, "big") + record.payload, db=self._dead)
                 txn.delete(seq, db=self._pending)
+                txn.put(finished_at + record.item_id.encode(), b"", db=self._finished)
 
+        finished_at = time.time_ns().to_bytes(8, "big")
         self.env.write(write)
+
+    def purge_finished(self, older_than_ns: int, limit: int = 10_000) -> int:
+        """Forget up to ``limit`` items that finished before ``older_than_ns``: their status record, and with it
+        the memory of their item_id (resent later, such an id counts as new). Dead letters are kept until
+        re-driven. Returns how many were forgotten."""
+        horizon = older_than_ns.to_bytes(8, "big")
+
+        def write(txn: lmdb.Transaction) -> int:
+            cursor = txn.cursor(db=self._finished)
+            purged = 0
+            if not cursor.first():
+                return 0
+            while purged < limit:
+                key = as_bytes(cursor.key())
+                if not key or key[:8] >= horizon:
+                    break
+                item_key = key[8:]
+                raw = txn.get(item_key, db=self._status)
+                if raw is not None:
+                    value = as_bytes(raw)
+                    if value[:1] == _FAILED and txn.get(value[1:9], db=self._dead) is not None:
+                        if not cursor.next():  # a dead letter is kept until it is re-driven
+                            break
+                        continue
+                    if value[:1] != _WAITING:  # re-driven items are pending again: keep them
+                        status = ItemStatus.model_validate_json(value[9:])
+                        if status.task_id:
+                            txn.delete(status.task_id.encode() + keys.CUBE_SEP + item_key, db=self._tasks)
+                        txn.delete(item_key, db=self._status)
+                        purged += 1
+                if not cursor.delete():
+                    break
+            return purged
+
+        return self.env.write(write)
 
     def dead_letters(self, user_id: str, mem_cube_id: str, limit: int) -> list[ItemStatus]:
         """Failed items, oldest first, optionally of one user or cube."""

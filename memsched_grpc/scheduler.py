@@ -43,6 +43,7 @@ log = logging.getLogger(__name__)
 
 READABLE_TYPES = (MemoryType.WORKING, MemoryType.LONG_TERM, MemoryType.USER, MemoryType.ACTIVATION)
 MAX_WAIT_SECONDS = 600.0
+HOUSEKEEPING_SECONDS = 60.0
 
 
 class InvalidItems(InvalidRequest):
@@ -96,6 +97,8 @@ class MemScheduler:
         self._finish_observers: list[Callable[[list[Finished]], None]] = []
         self._accepting = False
         self.started_at = time.time()
+        self._housekeeping_stop = threading.Event()
+        self._housekeeper = threading.Thread(target=self._housekeeping, name="housekeeping", daemon=True)
         self.version = __version__
 
     # lifecycle
@@ -104,6 +107,17 @@ class MemScheduler:
         self.committer.start()
         self.dispatcher.start(list(self.inbox.recover()))
         self._accepting = True
+        self._housekeeper.start()
+
+    def _housekeeping(self) -> None:
+        """Forget finished items past the retention period, a bounded batch at a time."""
+        retention_ns = int(self.settings.storage.status_retention_hours * 3600e9)
+        while not self._housekeeping_stop.wait(HOUSEKEEPING_SECONDS):
+            try:
+                while self.inbox.purge_finished(time.time_ns() - retention_ns) and not self._housekeeping_stop.is_set():
+                    pass
+            except StorageError:
+                log.exception("purging finished status records failed; retrying in %ss", HOUSEKEEPING_SECONDS)
 
     def refuse_new(self) -> None:
         """New items get UNAVAILABLE from now on; what is already accepted goes on."""
@@ -114,6 +128,9 @@ class MemScheduler:
         Whatever is unfinished stays in the inbox and runs at the next start."""
         self._accepting = False
         self.committer.stop()
+        self._housekeeping_stop.set()
+        if self._housekeeper.is_alive():
+            self._housekeeper.join(10)
         left = self.dispatcher.wait_all_idle(drain_seconds)
         if left:
             log.warning("stopping with %d accepted items unfinished; they run at the next start", left)
