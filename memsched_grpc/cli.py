@@ -188,7 +188,9 @@ def _submit(args: argparse.Namespace) -> int:
     with _client(args) as client:
         client.wait_ready(args.timeout)
         bar = tqdm(total=len(items), unit="item", desc="stored", disable=show, file=sys.stderr)
-        done_bar = tqdm(total=len(items), unit="item", desc="handled", disable=show or not args.wait, file=sys.stderr)
+        done_bar = tqdm(
+            total=len(items), unit="item", desc="handled", disable=show if args.wait else True, file=sys.stderr
+        )
         with client.session() as session:
             for start in range(0, len(items), args.batch_size):
                 session.send(items[start : start + args.batch_size])
