@@ -122,14 +122,17 @@ class Inbox:
             seq = start_seq
             out: list[Record | None] = []
             put = txn.put
+            status_db, pending_db, tasks_db = self._status, self._pending, self._tasks
+            stamp = now.to_bytes(8, "big")
             for item in items:
                 item_key = item.item_id.encode()
-                if not put(item_key, _WAITING + keys.seq_key(seq), db=self._status, overwrite=False):
+                seq_key = keys.seq_key(seq)
+                if not put(item_key, _WAITING + seq_key, db=status_db, overwrite=False):
                     out.append(None)
                     continue
-                put(keys.seq_key(seq), now.to_bytes(8, "big") + item.payload, db=self._pending, append=True)
+                put(seq_key, stamp + item.payload, db=pending_db, append=True)
                 if item.task_id:
-                    put(item.task_id.encode() + keys.CUBE_SEP + item_key, b"", db=self._tasks)
+                    put(item.task_id.encode() + keys.CUBE_SEP + item_key, b"", db=tasks_db)
                 out.append(
                     Record(
                         seq, item.item_id, item.user_id, item.mem_cube_id, item.label, item.task_id, item.payload, now

@@ -142,9 +142,10 @@ class MemScheduler:
         self.inbox.close()
 
     # accepting
-    def _prepare(self, item: items_pb2.ScheduleMessageItem) -> Incoming:
+    def _prepare(self, item: items_pb2.ScheduleMessageItem, now: tuple[int, int]) -> Incoming:
+        """``now`` is (seconds, nanos), read once per request: Timestamp.GetCurrentTime costs ~5 µs an item."""
         if not item.HasField("timestamp"):
-            item.timestamp.GetCurrentTime()
+            item.timestamp.seconds, item.timestamp.nanos = now
         return Incoming(
             item.item_id, item.user_id, item.mem_cube_id, item.label, item.task_id, item.SerializeToString()
         )
@@ -172,6 +173,7 @@ class MemScheduler:
         rejections and later completions and log items arrive on the session."""
         rejections: list[Rejection] = []
         incoming: list[Incoming] = []
+        now = divmod(time.time_ns(), 1_000_000_000)
         for index, item in enumerate(items):
             try:
                 self.validator.check(item, index)
@@ -182,7 +184,7 @@ class MemScheduler:
                 reason = f"token {principal.name!r} may not act for this user"
                 rejections.append(Rejection(item.item_id, index, RejectCode.PERMISSION_DENIED, "user_id", reason))
                 continue
-            incoming.append(self._prepare(item))
+            incoming.append(self._prepare(item, now))
         if rejections:
             session.emit(list(rejections))
         if not incoming:
@@ -242,7 +244,8 @@ class MemScheduler:
             raise InvalidItems(errors)
         if not items:
             return []
-        incoming = [self._prepare(item) for item in items]
+        now = divmod(time.time_ns(), 1_000_000_000)
+        incoming = [self._prepare(item, now) for item in items]
         if not self.dispatcher.admit(len(incoming), timeout=0):
             raise Overloaded(f"backlog is at its limit of {self.settings.limits.max_backlog} items; retry later")
         done = threading.Event()

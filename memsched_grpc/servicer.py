@@ -321,9 +321,13 @@ def _working(item: items_pb2.MemoryItem, partition: MemoryType) -> items_pb2.Mem
 
 def _session_response(events: list[Event]) -> scheduler_pb2.SessionResponse:
     response = scheduler_pb2.SessionResponse()
+    add_ack = response.acks.add
     for event in events:
-        if isinstance(event, Ack):
-            response.acks.add(item_id=event.item_id, duplicate=event.duplicate)
+        if isinstance(event, Ack):  # the commonest event by far
+            if event.duplicate:
+                add_ack(item_id=event.item_id, duplicate=True)
+            else:
+                add_ack(item_id=event.item_id)
         elif isinstance(event, Rejection):
             response.rejections.add(
                 item_id=event.item_id, index=event.index, code=int(event.code), field=event.field, reason=event.reason

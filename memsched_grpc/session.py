@@ -37,15 +37,18 @@ Event = Ack | Rejection | Completion | LogItem
 
 class Session:
     def __init__(self) -> None:
-        self._events: queue.SimpleQueue[Event | None] = queue.SimpleQueue()
+        # Events travel in the lists they were emitted in (an ack per item of a commit group, a completion
+        # with its logs): one queue operation per list instead of one per event.
+        self._events: queue.SimpleQueue[list[Event] | None] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._unfinished = 0
         self._input_done = False
         self._ended = False
 
     def emit(self, events: list[Event]) -> None:
-        for event in events:
-            self._events.put(event)
+        """Queue ``events`` for the client; the list is handed over, the caller must not change it afterwards."""
+        if events:
+            self._events.put(events)
 
     def expect(self, count: int) -> None:
         """``count`` items are on their way into the inbox; each reports back (finished or settled)."""
@@ -83,14 +86,15 @@ class Session:
             self._events.put(None)
 
     def next_events(self, timeout: float, limit: int = 1000) -> list[Event] | None:
-        """The events ready now (waiting up to ``timeout`` for the first); None when the stream is over."""
+        """The events ready now (waiting up to ``timeout`` for the first); None when the stream is over.
+        Stops taking lists once ``limit`` events are gathered (a single list may exceed it)."""
         try:
             first = self._events.get(timeout=timeout)
         except queue.Empty:
             return []
         if first is None:
             return None
-        out: list[Event] = [first]
+        out: list[Event] = first
         while len(out) < limit:
             try:
                 nxt = self._events.get_nowait()
@@ -99,5 +103,7 @@ class Session:
             if nxt is None:
                 self._events.put(None)  # seen again by the next call, after these events went out
                 break
-            out.append(nxt)
+            if out is first:
+                out = list(first)
+            out.extend(nxt)
         return out

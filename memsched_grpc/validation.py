@@ -13,8 +13,8 @@ from memsched_grpc.errors import InvalidItem
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 # google.protobuf.Timestamp's valid range: 0001-01-01T00:00:00Z to 9999-12-31T23:59:59Z.
 _TS_MIN, _TS_MAX = -62135596800, 253402300799
-_REQUIRED_IDS = ("item_id", "user_id", "mem_cube_id", "label")
 _OPTIONAL_IDS = ("session_id", "task_id", "trace_id", "user_name")
+_KNOWN_IDS = 65_536  # id values remembered as valid (the same rules apply to every id field)
 # Labels whose handler has nothing to work on without content: refused here rather than failed later.
 NEEDS_CONTENT = frozenset({"add", "query", "answer"})
 
@@ -26,28 +26,38 @@ class ItemValidator:
         self._limits = limits
         self._labels = frozenset(labels)
         self._label_list = ", ".join(sorted(self._labels))
+        self._known: set[str] = set()
 
     def check(self, item: items_pb2.ScheduleMessageItem, index: int = 0) -> None:
         """Raise InvalidItem for the first rule ``item`` breaks."""
         item_id = item.item_id
-        for name in _REQUIRED_IDS:
-            value: str = getattr(item, name)
+        if not item_id:
+            raise InvalidItem("item_id", "is required and must not be empty", item_id, index)
+        self._check_id("item_id", item_id, item_id, index)
+        known = self._known
+        # Users, cubes and labels repeat from item to item: a value that passed once is not checked again.
+        for name, value in (("user_id", item.user_id), ("mem_cube_id", item.mem_cube_id), ("label", item.label)):
+            if value in known:
+                continue
             if not value:
                 raise InvalidItem(name, "is required and must not be empty", item_id, index)
             self._check_id(name, value, item_id, index)
+            self._remember(value)
         for name in _OPTIONAL_IDS:
             value = getattr(item, name)
-            if value:
+            if value and value not in known:
                 self._check_id(name, value, item_id, index)
+                self._remember(value)
         if item.label not in self._labels:
             raise InvalidItem(
                 "label", f"unknown label {item.label!r}; registered labels: {self._label_list}", item_id, index
             )
-        if not item.content.strip() and item.label in NEEDS_CONTENT:
+        content = item.content
+        if not content.strip() and item.label in NEEDS_CONTENT:
             raise InvalidItem("content", f"must not be empty for label {item.label!r}", item_id, index)
         limit = self._limits.max_content_bytes
         # len(str) <= bytes <= 4·len(str): only encode when the cheap bound cannot decide.
-        if len(item.content) * 4 > limit and len(item.content.encode("utf-8")) > limit:
+        if len(content) * 4 > limit and len(content.encode("utf-8")) > limit:
             raise InvalidItem("content", f"must be at most {limit} bytes of UTF-8", item_id, index)
         if len(item.mem_cube) > 4096:
             raise InvalidItem("mem_cube", "must be at most 4096 characters", item_id, index)
@@ -56,9 +66,14 @@ class ItemValidator:
         if item.HasField("timestamp"):
             self._check_timestamp(item, index)
 
+    def _remember(self, value: str) -> None:
+        if len(self._known) >= _KNOWN_IDS:
+            self._known.clear()  # crude, but bounded; refilling costs one check per distinct value
+        self._known.add(value)
+
     def _check_id(self, name: str, value: str, item_id: str, index: int) -> None:
         limit = self._limits.max_id_bytes
-        if len(value) > limit or len(value.encode("utf-8")) > limit:
+        if len(value) * 4 > limit and len(value.encode("utf-8")) > limit:
             raise InvalidItem(name, f"must be at most {limit} bytes", item_id, index)
         if _CONTROL.search(value):
             raise InvalidItem(name, "must not contain control characters", item_id, index)
