@@ -205,9 +205,11 @@ class MemschedClient:
 
     def wait_ready(self, timeout: float = 10.0) -> None:
         """Block until the channel connects; Unavailable after ``timeout`` seconds."""
+        future = grpc.channel_ready_future(self.channel)
         try:
-            grpc.channel_ready_future(self.channel).result(timeout=timeout)
+            future.result(timeout=timeout)
         except grpc.FutureTimeoutError as e:
+            future.cancel()  # stops its polling thread, which would fail once the channel is closed
             raise Unavailable(grpc.StatusCode.UNAVAILABLE, f"no server at {self.address} after {timeout}s") from e
 
     def close(self) -> None:
