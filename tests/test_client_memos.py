@@ -9,7 +9,16 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from memsched_client import ItemsRejected, MemschedClient, RemoteMemScheduler, ScheduleMessageItem, TaskStatus
+from memsched_client import (
+    ItemsRejected,
+    MemschedClient,
+    RemoteMemScheduler,
+    ScheduleMessageItem,
+    TaskStatus,
+    Unavailable,
+)
+
+from memsched.v1 import items_pb2
 
 
 class MemOSStyleItem:
@@ -74,3 +83,26 @@ def test_memos_interface_over_the_service(make_server: Any) -> None:
         assert [(f.item_id, f.status) for f in scheduler.failures()] == [(poison.item_id, TaskStatus.FAILED)]
     finally:
         scheduler.stop()
+
+
+def test_submit_fails_loudly_when_the_server_is_gone(server_process: Any) -> None:
+    """No silent drop: once the server dies, submit_messages raises Unavailable instead of hanging or
+    pretending; what was acknowledged before is durable (the server handles it after a restart)."""
+    proc = server_process()
+    proc.start().close()
+    scheduler = RemoteMemScheduler(proc.address, ack_timeout=20)
+    scheduler.start()
+    try:
+        kept = ScheduleMessageItem(user_id="u1", mem_cube_id="c1", label="add", content="acknowledged before the crash")
+        scheduler.submit_messages(kept)
+        proc.kill()
+        with pytest.raises(Unavailable):
+            scheduler.submit_messages(ScheduleMessageItem(user_id="u1", mem_cube_id="c1", label="add", content="x"))
+    finally:
+        scheduler.stop(timeout=5)
+    client = proc.start()  # restarted on the same data dir
+    try:
+        assert client.wait_idle("u1").idle
+        assert client.status(kept.item_id).status == items_pb2.TASK_STATUS_COMPLETED
+    finally:
+        client.close()

@@ -113,6 +113,8 @@ class Session:
             if self._cancelled and e.code() == grpc.StatusCode.CANCELLED:
                 return
             raise from_grpc(e) from e
+        finally:
+            self.close()  # the stream is over: release grpc's thread that waits in _feed for more requests
 
     def events(self) -> Iterator[SessionEvent]:
         for response in self.responses():

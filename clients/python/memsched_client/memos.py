@@ -147,7 +147,16 @@ class RemoteMemScheduler:
             session = self._session if self._session is not None else self._open_locked()
             waiters = [self._waiters.setdefault(i.item_id, _Waiter()) for i in items]
             self._unfinished.update(i.item_id for i in items)
-        session.send(items)
+        try:
+            session.send(items)
+        except MemschedError as e:  # the stream ended between opening and sending: nothing was sent
+            with self._lock:
+                for item in items:
+                    self._waiters.pop(item.item_id, None)
+                    self._unfinished.discard(item.item_id)
+                if self._session is session:
+                    self._session = None
+            raise Unavailable(_UNAVAILABLE, f"the session ended before sending; resend ({e})") from e
         deadline = time.monotonic() + self.ack_timeout
         for item, waiter in zip(items, waiters, strict=True):
             if not waiter.done.wait(max(0.0, deadline - time.monotonic())):
