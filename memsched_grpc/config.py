@@ -154,6 +154,19 @@ class MetricsConfig(Section):
     """Also export each cube's partition sizes (one series per cube and partition: mind the cardinality)."""
 
 
+class WebConfig(Section):
+    """The live dashboard: a read-only web page of what the scheduler does (memsched_grpc/web)."""
+
+    enabled: bool = False
+    address: str = "127.0.0.1:8080"
+    """host:port for the page; port 0 picks a free port. Off loopback it needs auth tokens or
+    server.allow_public_without_auth, like the gRPC address."""
+    replay: int = Field(default=200, ge=0, le=1000)
+    """Recent log items of a cube shown at once when the page opens it."""
+    max_streams: int = Field(default=16, ge=1)
+    """Pages watching live at once (each holds a thread and a feed subscription); more get 503."""
+
+
 class Settings(BaseSettings):
     """All of memsched's configuration."""
 
@@ -166,6 +179,7 @@ class Settings(BaseSettings):
     workers: WorkerConfig = Field(default_factory=WorkerConfig)
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
     scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
+    web: WebConfig = Field(default_factory=WebConfig)
     handlers: dict[str, str] = Field(default_factory=dict)
     """Extra handlers, label -> "package.module:function"; imported by every worker."""
     log_level: str = "INFO"

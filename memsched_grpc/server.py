@@ -18,6 +18,7 @@ from memsched_grpc.errors import ConfigError
 from memsched_grpc.metrics import Metrics
 from memsched_grpc.scheduler import MemScheduler
 from memsched_grpc.servicer import SchedulerServicer
+from memsched_grpc.web import DashboardServer, authorize_with
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = scheduler_pb2.DESCRIPTOR.services_by_name["Scheduler"].full_name
@@ -49,6 +50,7 @@ class SchedulerServer:
         self._server: grpc.Server | None = None
         self._health = health.HealthServicer()
         self.metrics = Metrics(self.scheduler, settings.metrics) if settings.metrics.enabled else None
+        self.web: DashboardServer | None = None
 
     def start(self) -> int:
         """Start everything; returns the bound port."""
@@ -84,6 +86,8 @@ class SchedulerServer:
             self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
         if self.metrics is not None:
             self._start_metrics()
+        if self.settings.web.enabled:
+            self._start_web()
         log.info(
             "memsched %s listening on %s (port %d), %d workers, data in %s",
             self.scheduler.version,
@@ -109,6 +113,22 @@ class SchedulerServer:
         )
         return server.add_secure_port(self.settings.server.address, credentials)
 
+    def _start_web(self) -> None:
+        """The dashboard takes the gRPC API's tokens; if it cannot start, nothing stays running."""
+        auth = self.settings.auth
+        try:
+            self.web = DashboardServer(
+                self.scheduler,
+                self.settings.web,
+                authorize_with(Authenticator(auth)) if auth.enabled else None,
+                self.settings.server.allow_public_without_auth,
+            )
+            self.web.start()
+        except ConfigError:
+            self.web = None
+            self.stop()
+            raise
+
     def _start_metrics(self) -> None:
         """If the metrics endpoint cannot start, nothing stays running."""
         assert self.metrics is not None
@@ -127,6 +147,8 @@ class SchedulerServer:
         grace = self.settings.server.grace_seconds
         if self.metrics is not None:
             self.metrics.stop()  # first: scrapes read the scheduler's LMDB, which stop() closes
+        if self.web is not None:
+            self.web.stop()  # first: its pages read the scheduler's LMDB, which stop() closes
         self._health.enter_graceful_shutdown()
         if self._server is not None:
             self.scheduler.refuse_new()
