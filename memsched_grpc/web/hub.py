@@ -27,6 +27,8 @@ from memsched_grpc.web import views
 log = logging.getLogger(__name__)
 
 STREAM_QUEUE_EVENTS = 2000
+LATENCY_SAMPLES = 20_000
+"""Handler latency samples kept, all cubes together, so memory stays bounded however many cubes there are."""
 LATENCY_SAMPLES_PER_CUBE = 500
 OVERVIEW_MIN_INTERVAL = 0.5
 """Seconds between two overview pushes: under load, many finish batches share one read of every cube."""
@@ -102,7 +104,7 @@ class Hub:
         self.max_streams = max_streams
         self._lock = threading.Lock()
         self._streams: set[Stream] = set()
-        self._latency: dict[Cube, deque[dict[str, Any]]] = {}
+        self._latency: deque[tuple[Cube, dict[str, Any]]] = deque(maxlen=LATENCY_SAMPLES)
         self._counts: dict[Cube, Counter[str]] = {}
         self._dirty = threading.Event()
         self._closed = threading.Event()
@@ -153,7 +155,7 @@ class Hub:
                     "ms": round(f.handler_seconds * 1000, 3),
                     "ok": f.state == TaskState.COMPLETED,
                 }
-                self._latency.setdefault(cube, deque(maxlen=LATENCY_SAMPLES_PER_CUBE)).append(sample)
+                self._latency.append((cube, sample))
                 self._counts.setdefault(cube, Counter())[str(f.state)] += 1
                 fresh.setdefault(cube, []).append(sample)
             streams = list(self._streams)
@@ -163,8 +165,10 @@ class Hub:
         self._dirty.set()
 
     def latency(self, cube: Cube) -> list[dict[str, Any]]:
+        """The cube's most recent samples, oldest first (a scan, done once when a page opens the cube)."""
         with self._lock:
-            return list(self._latency.get(cube, ()))
+            samples = [sample for of, sample in self._latency if of == cube]
+        return samples[-LATENCY_SAMPLES_PER_CUBE:]
 
     # the list of users and cubes
     def overview(self, may_read: MayRead) -> dict[str, Any]:

@@ -138,8 +138,8 @@ class DashboardServer:
         self.loopback = _is_loopback_host(self.host)
         if not self.loopback and authorize is None and not allow_public_without_auth:
             raise ConfigError(
-                f"web.address {config.address!r} is not loopback and the dashboard has no authentication; "
-                "set server.allow_public_without_auth: true to listen there anyway"
+                f"web.address {config.address!r} is not loopback and auth.tokens is empty; "
+                "configure tokens, or set server.allow_public_without_auth: true to listen there anyway"
             )
         self.scheduler = scheduler
         self.config = config
