@@ -206,13 +206,17 @@ class MemschedClient:
             raise from_grpc(e) from e
 
     def wait_ready(self, timeout: float = 10.0) -> None:
-        """Block until the channel connects; Unavailable after ``timeout`` seconds."""
-        future = grpc.channel_ready_future(self.channel)
+        """Block until the server answers; Unavailable after ``timeout`` seconds.
+
+        A health check with wait_for_ready rather than grpc.channel_ready_future: the future polls from a
+        thread of its own that fails if the channel is closed soon after."""
+        request = health_pb2.HealthCheckRequest()
         try:
-            future.result(timeout=timeout)
-        except grpc.FutureTimeoutError as e:
-            future.cancel()  # stops its polling thread, which would fail once the channel is closed
-            raise Unavailable(grpc.StatusCode.UNAVAILABLE, f"no server at {self.address} after {timeout}s") from e
+            self._health.Check(request, timeout=timeout, wait_for_ready=True, metadata=self._metadata)
+        except grpc.RpcError as e:
+            if e.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                raise Unavailable(grpc.StatusCode.UNAVAILABLE, f"no server at {self.address} after {timeout}s") from e
+            # any other status came from the server itself: it is reachable
 
     def close(self) -> None:
         if self._owns_channel:
