@@ -323,7 +323,7 @@ def _memory(args: argparse.Namespace) -> int:
     except ValueError as e:
         raise UsageError(str(e)) from e
     with _client(args) as client:
-        memory = client.get_memory(args.user, args.cube, types, args.limit)
+        memory = client.get_memory(args.user, args.cube, types, args.limit, include_archived=args.archived)
     if args.json:
         print(memory.model_dump_json())
         return 0
@@ -335,6 +335,10 @@ def _memory(args: argparse.Namespace) -> int:
             print(f"  {n:>3}. {score}{_short(m.memory)}  (uses {m.usage_count}, id {m.id})")
         if part.memory_type == MemoryType.ACTIVATION and memory.activation_memory:
             print("  " + memory.activation_memory.replace("\n", "\n  "))
+    if args.archived:
+        print(f"Archived: {len(memory.archived)} shown")
+        for n, m in enumerate(memory.archived, start=1):
+            print(f"  {n:>3}. {_short(m.memory)}  (was {m.memory_type.value}, uses {m.usage_count}, id {m.id})")
     return 0
 
 
@@ -397,6 +401,7 @@ def _add_client_commands(sub: Any) -> None:
     p.add_argument("--cube", required=True)
     p.add_argument("--type", action="append", help="partition: working, long_term, user, activation (repeatable)")
     p.add_argument("--limit", type=int, default=0, help="at most this many items per partition (0: all)")
+    p.add_argument("--archived", action="store_true", help="also list memories archived by capacity eviction")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(run=_memory)
 

@@ -26,6 +26,7 @@ from memsched_client import (
 )
 
 from memsched.v1 import items_pb2
+from memsched_grpc.cli import main
 
 PET = [
     {"role": "user", "content": "I just adopted a golden retriever puppy yesterday."},
@@ -207,3 +208,18 @@ def test_unreachable_server_is_unavailable() -> None:
             c.wait_ready(timeout=0.5)
         with pytest.raises(Unavailable):
             c.submit(msg(content="x", item_id=str(uuid.uuid4())))
+
+
+def test_archived_memories_through_client_and_cli(make_server: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    caps = {"working_memory_capacity": 1, "long_term_memory_capacity": 2}
+    server, _ = make_server(scheduler={"capacities": caps})
+    texts = ["the first note about tea", "the second note about coffee", "the third note about cocoa"]
+    with MemschedClient(server.address) as c:
+        c.run_session([msg(content=t) for t in texts])
+        memory = c.get_memory("u1", "c1", [MemoryType.LONG_TERM], include_archived=True)
+        assert [m.memory for m in memory.archived] == ["the first note about tea"]
+        assert c.get_memory("u1", "c1").archived == []  # only when asked for
+
+    assert main(["memory", "--address", server.address, "--user", "u1", "--cube", "c1", "--archived"]) == 0
+    out = capsys.readouterr().out
+    assert "Archived: 1 shown\n    1. the first note about tea  (was LongTermMemory" in out

@@ -213,10 +213,19 @@ class AsyncMemschedClient:
         return AsyncLogWatch(self.stub.WatchLogs(request, metadata=self._metadata))
 
     async def get_memory(
-        self, user_id: str, mem_cube_id: str, memory_types: Sequence[MemoryType] = (), limit: int = 0
+        self,
+        user_id: str,
+        mem_cube_id: str,
+        memory_types: Sequence[MemoryType] = (),
+        limit: int = 0,
+        include_archived: bool = False,
     ) -> CubeMemory:
         request = scheduler_pb2.GetMemoryRequest(
-            user_id=user_id, mem_cube_id=mem_cube_id, memory_types=[t.to_proto() for t in memory_types], limit=limit
+            user_id=user_id,
+            mem_cube_id=mem_cube_id,
+            memory_types=[t.to_proto() for t in memory_types],
+            limit=limit,
+            include_archived=include_archived,
         )
         return CubeMemory.from_proto(await self._unary(self.stub.GetMemory, request))
 

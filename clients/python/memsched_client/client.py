@@ -280,11 +280,21 @@ class MemschedClient:
         return LogWatch(self.stub.WatchLogs(request, metadata=self._metadata))
 
     def get_memory(
-        self, user_id: str, mem_cube_id: str, memory_types: Sequence[MemoryType] = (), limit: int = 0
+        self,
+        user_id: str,
+        mem_cube_id: str,
+        memory_types: Sequence[MemoryType] = (),
+        limit: int = 0,
+        include_archived: bool = False,
     ) -> CubeMemory:
-        """A cube's partitions (default: working, long-term, user and activation), sizes and capacities."""
+        """A cube's partitions (default: working, long-term, user and activation), sizes and capacities; with
+        ``include_archived`` also the memories evicted by capacity (up to ``limit``)."""
         request = scheduler_pb2.GetMemoryRequest(
-            user_id=user_id, mem_cube_id=mem_cube_id, memory_types=[t.to_proto() for t in memory_types], limit=limit
+            user_id=user_id,
+            mem_cube_id=mem_cube_id,
+            memory_types=[t.to_proto() for t in memory_types],
+            limit=limit,
+            include_archived=include_archived,
         )
         return CubeMemory.from_proto(self._unary(self.stub.GetMemory, request))
 

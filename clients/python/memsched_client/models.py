@@ -435,6 +435,8 @@ class CubeMemory(BaseModel):
     sizes: MemorySizes = Field(default_factory=MemorySizes)
     capacities: MemoryCapacities = Field(default_factory=MemoryCapacities)
     activation_memory: str = ""
+    archived: list[MemoryItem] = Field(default_factory=list)
+    """Memories archived by capacity eviction, newest first (only when asked for with include_archived)."""
 
     def partition(self, memory_type: MemoryType) -> MemoryPartition | None:
         return next((p for p in self.partitions if p.memory_type == memory_type), None)
@@ -452,6 +454,7 @@ class CubeMemory(BaseModel):
             sizes=MemorySizes.from_proto(resp.sizes),
             capacities=MemoryCapacities.from_proto(resp.capacities),
             activation_memory=resp.activation_memory,
+            archived=[MemoryItem.from_proto(i) for i in resp.archived],
         )
 
 
