@@ -27,6 +27,7 @@ TEST_HANDLERS = {
     "slow": "tests.handlers:slow",
     "poison": "tests.handlers:poison",
     "flaky": "tests.handlers:flaky",
+    "tally": "tests.handlers:tally",
 }
 
 
@@ -79,6 +80,12 @@ class Client:
     def working_texts(self, user: str = "u1", cube: str = "c1") -> list[str]:
         part = self.memory(user, cube, items_pb2.MEMORY_TYPE_WORKING_MEMORY).partitions[0]
         return [m.memory for m in part.items]
+
+    def tallies(self, user: str = "u1", cube: str = "c1") -> list[tuple[str, int]]:
+        """(item_id, times applied) of the items the ``tally`` handler committed, in order of first application."""
+        part = self.memory(user, cube, items_pb2.MEMORY_TYPE_LONG_TERM_MEMORY).partitions[0]
+        rows = sorted((int(m.metadata["position"]), m.id, int(m.metadata["applied"])) for m in part.items)
+        return [(item_id, applied) for _, item_id, applied in rows]
 
     def status(self, item_id: str) -> scheduler_pb2.GetStatusResponse:
         return self.stub.GetStatus(scheduler_pb2.GetStatusRequest(item_id=item_id))

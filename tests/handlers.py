@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 from memsched_grpc.handlers import HandlerContext
-from memsched_grpc.models import MemoryType
+from memsched_grpc.models import MemoryItem, MemoryType
 
 
 def record(ctx: HandlerContext) -> None:
@@ -34,3 +34,20 @@ def flaky(ctx: HandlerContext) -> None:
     if (Path(os.environ["TEST_MEMSCHED_RECORD_DIR"]) / "broken").exists():
         raise RuntimeError("dependency is down")
     record(ctx)
+
+
+def tally(ctx: HandlerContext) -> None:
+    """Stores one memory per item inside the item's own transaction: metadata 'applied' counts how often the
+    item was applied, 'position' the order of first application in its cube. Unlike ``record`` (a file written
+    outside LMDB, which a crash can leave ahead of the transaction), this shows what the scheduler committed."""
+    cube, message = ctx.cube, ctx.message
+    existing = cube.get(message.item_id)
+    if existing is None:
+        position = cube.size(MemoryType.LONG_TERM)
+        item = MemoryItem(id=message.item_id, memory=f"tally {message.item_id}", memory_type=MemoryType.LONG_TERM)
+        item.metadata.update(applied=1, position=position)
+    else:
+        applied = int(existing.metadata["applied"]) + 1
+        item = existing.model_copy(update={"metadata": {**existing.metadata, "applied": applied}})
+    cube.put(item)
+    cube.save()
