@@ -17,6 +17,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from memsched_grpc.errors import ConfigError
 from memsched_grpc.models import MemoryCapacities
+from memsched_grpc.retrieval.settings import RetrievalConfig
 
 ENV_PREFIX = "MEMSCHED_"
 _yaml_file: ContextVar[Path | None] = ContextVar("memsched_yaml_file", default=None)
@@ -141,6 +142,8 @@ class SchedulerConfig(Section):
     """An added memory whose token cosine with a stored one reaches this updates it instead."""
     working_dedup_threshold: float = Field(default=0.75, gt=0, le=1)
     """Working-memory candidates this similar to a better one are dropped (MemOS: TF-IDF cosine 0.75)."""
+    retrieval: RetrievalConfig = Field(default_factory=RetrievalConfig)
+    """How queries find memories: lexical and conversational signals, optional embedder, LLM steps, reranker."""
 
 
 class MetricsConfig(Section):

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from memsched_client import MemschedClient
 
 from memsched_grpc.cli import main
 from tests.conftest import ROOT
@@ -140,3 +141,16 @@ def test_submit_large_import_shows_progress_from_stdin(address: str) -> None:
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "2000 items, 2000 stored, 0 duplicates, 0 rejected"
     assert "stored: 100%" in result.stderr and "2000/2000" in result.stderr
+
+
+def test_submit_chat_as_dialogue_sends_queries_and_answers(
+    address: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    chat = tmp_path / "chat.json"
+    chat.write_text(json.dumps(PET["conversations"][:4]))
+    args = ["submit", str(chat), "--address", address, "--user", "bo", "--cube", "c", "--dialogue", "--wait"]
+    assert run(capsys, *args)[:2] == (0, "4 items, 4 stored, 0 duplicates, 0 rejected, 4 completed, 0 failed\n")
+    with MemschedClient(address) as client:
+        state = client.get_cube_state("bo", "c")
+    assert (state.queries, state.answers) == (2, 2)
+    assert state.query_window == [PET["conversations"][0]["content"], PET["conversations"][2]["content"]]

@@ -18,7 +18,7 @@ function item(label: string, content: string): ScheduleMessageItem {
 }
 
 async function main(): Promise<void> {
-  const client = new MemschedClient(address, { token: process.env.MEMSCHED_NODE_TOKEN });
+  const client = new MemschedClient(address, { token: process.env.NODE_MEMSCHED_TOKEN });
   await client.waitReady();
   const facts = [
     { role: 'user', content: 'I just adopted a golden retriever puppy yesterday.' },
