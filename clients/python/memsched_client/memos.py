@@ -110,21 +110,18 @@ class RemoteMemScheduler:
         self._idle = threading.Condition(self._lock)
         self._session: Session | None = None
         self._reader: threading.Thread | None = None
-        self._running = False
 
     # MemOS's interface
     def start(self) -> None:
         """Connect and open the stream; raises Unavailable when no server answers."""
         self.client.wait_ready(timeout=self.ack_timeout)
         with self._lock:
-            self._running = True
             self._open_locked()
 
     def stop(self, timeout: float = 30.0) -> None:
         """Close the stream after the messages in flight have completed (up to ``timeout`` seconds; they are
         durable either way), then close the connection if this object opened it."""
         with self._lock:
-            self._running = False
             session, reader = self._session, self._reader
         if session is not None and reader is not None:
             session.close()
