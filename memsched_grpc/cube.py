@@ -27,7 +27,10 @@ from memsched_grpc.models import (
     WorkingEntry,
     cube_sizes,
 )
+from memsched_grpc.retrieval.components import components
 from memsched_grpc.retrieval.lexical import LexicalIndex
+from memsched_grpc.retrieval.retriever import Retriever
+from memsched_grpc.retrieval.settings import RetrievalConfig
 from memsched_grpc.retrieval.tokenizer import tokenize
 from memsched_grpc.store import keys
 from memsched_grpc.store.cubes import CubeTables
@@ -63,6 +66,8 @@ class Cube:
         self.entries: dict[str, Entry] = {}
         self.by_fingerprint: dict[bytes, str] = {}
         self.txn: lmdb.Transaction | None = None
+        self.last_sequence = 0
+        self._retriever: Retriever | None = None
 
     @classmethod
     def load(
@@ -102,8 +107,24 @@ class Cube:
         return entry.tokens if entry else ()
 
     def relevance(self, query_tokens: Iterable[str]) -> dict[str, float]:
-        """Lexical score of every stored memory sharing a term with the query."""
+        """Lexical score of every stored memory sharing a term with the query (memory text only; used to find
+        near duplicates, which needs no configuration)."""
         return self.index.scores(query_tokens)
+
+    def retriever(self, config: RetrievalConfig) -> Retriever:
+        """The cube's query-time index, built on first use from the stored memories.
+
+        Built lazily because it depends on the retrieval configuration, which handlers carry and the worker's
+        cube cache does not; from then on every put and archive keeps it current.
+        """
+        if self._retriever is None or (self._retriever.config is not config and self._retriever.config != config):
+            retriever = Retriever(config, components(config).embedder)
+            txn = self._tx()
+            items = [item for t in STORED_TYPES for item in self.tables.iter_memories(txn, self.key, t)]
+            items.sort(key=lambda i: (i.sequence, i.created_at, i.id))
+            retriever.add_many(items)
+            self._retriever = retriever
+        return self._retriever
 
     def size(self, memory_type: MemoryType) -> int:
         return self.state.user_size if memory_type == MemoryType.USER else self.state.long_term_size
@@ -116,19 +137,23 @@ class Cube:
         return cube_sizes(self.state)
 
     # writing
-    def put(self, item: MemoryItem) -> None:
-        """Store a new or changed memory (its type must not change)."""
+    def put(self, item: MemoryItem) -> MemoryItem:
+        """Store a new or changed memory (its type must not change); returns it as stored (a new memory gets the
+        next insertion sequence number)."""
         if item.memory_type not in STORED_TYPES:
             raise ValueError(f"memories are stored in LongTermMemory or UserMemory, not {item.memory_type}")
         old = self.entries.get(item.id)
         if old is None:
             self._resize(item.memory_type, +1)
+            if item.sequence <= self.last_sequence:
+                item = item.model_copy(update={"sequence": self.last_sequence + 1})
         elif old.memory_type != item.memory_type:
             raise ValueError(f"memory {item.id} is in {old.memory_type}, not {item.memory_type}")
         else:
             self.by_fingerprint.pop(old.fingerprint, None)
         self.tables.put_memory(self._tx(), self.key, item)
         self._remember(item)
+        return item
 
     def archive(self, memory_id: str) -> MemoryItem | None:
         """Move a memory out of its partition into the archive (still readable there)."""
@@ -138,6 +163,8 @@ class Cube:
         entry = self.entries.pop(memory_id)
         self.by_fingerprint.pop(entry.fingerprint, None)
         self.index.remove(memory_id)
+        if self._retriever is not None:
+            self._retriever.remove(memory_id)
         txn = self._tx()
         self.tables.delete_memory(txn, self.key, item.memory_type, memory_id)
         self.tables.archive_memory(txn, self.key, item)
@@ -189,13 +216,19 @@ class Cube:
         return item
 
     def _remember(self, item: MemoryItem) -> None:
-        tokens = tuple(tokenize(item.memory))
         fingerprint = text_fingerprint(item.memory)
+        old = self.entries.get(item.id)
+        same_text = old is not None and old.fingerprint == fingerprint  # a usage count or metadata changed
+        tokens = old.tokens if old is not None and same_text else tuple(tokenize(item.memory))
         self.entries[item.id] = Entry(
             item.memory_type, fingerprint, item.usage_count, item.updated_at.timestamp(), tokens
         )
         self.by_fingerprint[fingerprint] = item.id
-        self.index.add(item.id, tokens)
+        if not same_text:
+            self.index.add(item.id, tokens)
+        self.last_sequence = max(self.last_sequence, item.sequence)
+        if self._retriever is not None:
+            self._retriever.add(item)
 
     def _resize(self, memory_type: MemoryType, delta: int) -> None:
         if memory_type == MemoryType.USER:

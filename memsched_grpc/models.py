@@ -100,6 +100,9 @@ class MemoryItem(BaseModel):
     updated_at: datetime = Field(default_factory=utcnow)
     usage_count: int = 0
     metadata: dict[str, Any] = Field(default_factory=dict)
+    sequence: int = 0
+    """Insertion order within the cube (1, 2, ...), set when first stored; retrieval takes a memory's
+    neighbours in this order. 0: stored before the order was kept."""
 
 
 class WorkingEntry(BaseModel):

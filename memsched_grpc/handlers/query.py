@@ -1,70 +1,147 @@
-"""``query``: the user asked something. Logs ``addMessage``, then MemOS's query pipeline with its non-LLM
-fallbacks: keywords and the query window; candidate search over LongTermMemory and UserMemory; merge with
-working memory; drop near duplicates and very short items; score; write back at most the working
-capacity; log ``scheduleMemory`` for each newcomer; rebuild activation memory when due.
+"""``query``: the user asked something. Logs ``addMessage``, then MemOS's query pipeline, each LLM step with its
+deterministic fallback (retrieval/assist.py):
 
-importance = w_relevance · relevance + w_keyword · keyword overlap with the window + w_usage · capped usage,
-where relevance is the lexical score over the best score of this query (0..1).
+1. keywords of the query (LLM, else its content words) and the window of recent queries;
+2. intent: does working memory already answer it, and what evidence is missing (LLM, else: retrieve, with the
+   query as the evidence);
+3. search LongTermMemory and UserMemory for each evidence with the cube's retriever (lexical and conversational
+   signals fused, optionally a dense embedder: retrieval/retriever.py), k = max(1, top_k // evidences) each;
+4. merge with working memory; drop near duplicates and very short items;
+5. rerank the best candidates (reranker.kind; fallback: relevance order);
+6. score importance = w_relevance · relevance + w_keyword · keyword overlap with the window + w_usage · capped
+   usage, where relevance is the fused score over the best of this query (0..1);
+7. write back at most the working capacity; log ``scheduleMemory`` for each newcomer;
+8. rebuild activation memory when due.
 """
 
 from __future__ import annotations
 
+import logging
+import math
 import time
 from collections import Counter
 
-from memsched_grpc.handlers.add import cosine
 from memsched_grpc.handlers.base import HandlerContext
 from memsched_grpc.models import LogEntry, MemoryItem, MemoryType, WebLogLabel, WorkingEntry
-from memsched_grpc.retrieval.tokenizer import keywords, stem, tokenize
+from memsched_grpc.retrieval.components import components
+from memsched_grpc.retrieval.tokenizer import keywords, stem
+
+log = logging.getLogger(__name__)
 
 MIN_MEMORY_CHARS = 3
 
 
+class _KeptVectors:
+    """Token-count vectors of the memories kept so far, with postings, so a candidate is compared only with the
+    kept memories it shares a word with (MemOS compares by TF-IDF cosine; raw counts keep the check independent
+    of the rest of the cube)."""
+
+    def __init__(self) -> None:
+        self.counts: list[Counter[str]] = []
+        self.norms: list[float] = []
+        self.postings: dict[str, list[int]] = {}
+
+    def most_similar(self, tokens: tuple[str, ...]) -> float:
+        counts = Counter(tokens)
+        dots: dict[int, float] = {}
+        for token, n in counts.items():
+            for j in self.postings.get(token, ()):
+                dots[j] = dots.get(j, 0.0) + n * self.counts[j][token]
+        if not dots:
+            return 0.0
+        norm = math.sqrt(sum(v * v for v in counts.values()))
+        return max(dot / (norm * self.norms[j]) for j, dot in dots.items())
+
+    def add(self, tokens: tuple[str, ...]) -> None:
+        counts = Counter(tokens)
+        j = len(self.counts)
+        self.counts.append(counts)
+        self.norms.append(math.sqrt(sum(v * v for v in counts.values())))
+        for token in counts:
+            self.postings.setdefault(token, []).append(j)
+
+
 def handle(ctx: HandlerContext) -> None:
     cube, message, config = ctx.cube, ctx.message, ctx.config
+    retrieval = config.retrieval
+    parts = components(retrieval)
+    assistant = parts.assistant
     state = cube.state
     state.queries += 1
-    ctx.log(WebLogLabel.ADD_MESSAGE, MemoryType.USER_INPUT, MemoryType.NOT_APPLICABLE, f"[User] {message.content}")
+    query = message.content
+    ctx.log(WebLogLabel.ADD_MESSAGE, MemoryType.USER_INPUT, MemoryType.NOT_APPLICABLE, f"[User] {query}")
 
     # 1. keywords and the window of recent queries
-    state.query_window = [*state.query_window, message.content][-config.context_window_size :]
-    window_counts: Counter[str] = Counter()
-    for past in state.query_window:
+    query_keywords = assistant.keywords(query)
+    state.query_window = [*state.query_window, query][-config.context_window_size :]
+    window_counts: Counter[str] = Counter(query_keywords)
+    for past in state.query_window[:-1]:
         window_counts.update(keywords(past))
     state.keyword_counts = dict(window_counts)
-    window_stems = {stem(w): n for w, n in window_counts.items()}
+    window_stems: Counter[str] = Counter()
+    for word, n in window_counts.items():
+        for part in word.lower().split():
+            window_stems[stem(part)] += n
+    expansion = query_keywords if assistant.enabled and retrieval.llm.keywords else []
 
-    # 2-3. intent fallback: always retrieve, with the query itself as the evidence
-    query_tokens = tokenize(message.content)
-    relevance = cube.relevance(query_tokens)
-    candidates = sorted(relevance, key=lambda m: (-relevance[m], m))[: config.top_k]
-
-    # 4. merge with the current working memory; drop near duplicates and very short items
+    # 2-3. intent, then one search per evidence
+    retriever = cube.retriever(retrieval)
     previous = {w.id: w for w in state.working}
-    merged = list(dict.fromkeys([*candidates, *previous]))
-    best = max(relevance.values(), default=0.0) or 1.0
-    total_window = sum(window_stems.values()) or 1
+    working_texts: list[str] = []
+    if assistant.enabled and retrieval.llm.intent:
+        working_texts = [item.memory for item in (cube.get(w) for w in previous) if item is not None]
+    intent = assistant.intent(query, working_texts)
+    evidences = intent.evidences or [query]
+    pool = max(config.top_k, retrieval.candidate_pool)
+    ranking = retriever.evidence_rank(evidences, max(1, pool // len(evidences)), expansion)
+    relevance = ranking.score_map()
+    candidates = [memory_id for memory_id, _ in ranking.top(pool)] if intent.trigger_retrieval else []
 
-    def importance(memory_id: str) -> tuple[float, float, float]:
-        rel = relevance.get(memory_id, 0.0) / best
-        tokens = set(cube.tokens(memory_id))
-        kw = sum(n for s, n in window_stems.items() if s in tokens) / total_window
-        entry = cube.entries.get(memory_id)
-        usage = min(entry.usage_count if entry else 0, config.usage_cap) / config.usage_cap
-        w = config.weights
-        return w.relevance * rel + w.keyword * kw + w.usage * usage, rel, kw
-
-    scored = sorted(((importance(m), m) for m in merged if m in cube.entries), key=lambda s: (-s[0][0], s[1]))
-    chosen: list[WorkingEntry] = []
-    for (score, rel, kw), memory_id in scored:
+    # 4. merge with the current working memory; drop near duplicates and very short items. Importance can lift
+    # a memory only a little above its relevance rank, so twice the capacity is enough to keep.
+    capacity = cube.capacities.working_memory_capacity
+    merged = [m for m in dict.fromkeys([*candidates, *previous]) if m in cube.entries]
+    merged.sort(key=lambda m: -relevance.get(m, 0.0))
+    enough = max(2 * capacity, retrieval.reranker.top_n if retrieval.reranker.kind != "none" else 0)
+    vectors = _KeptVectors()
+    kept: list[str] = []
+    for memory_id in merged:
+        if len(kept) >= enough:
+            break
         tokens = cube.tokens(memory_id)
         if len(" ".join(tokens)) < MIN_MEMORY_CHARS:
             continue
-        if any(cosine(tokens, cube.tokens(c.id)) >= config.working_dedup_threshold for c in chosen):
+        if vectors.most_similar(tokens) >= config.working_dedup_threshold:
             continue
-        chosen.append(WorkingEntry(id=memory_id, importance=score, relevance=rel, keyword_score=kw))
-        if len(chosen) >= cube.capacities.working_memory_capacity:
-            break
+        vectors.add(tokens)
+        kept.append(memory_id)
+
+    # 5. rerank the head; the reordered memories take the head's relevance values in their new order
+    head = kept[: retrieval.reranker.top_n]
+    if len(head) > 1 and retrieval.reranker.kind != "none":
+        texts = [item.memory if item else "" for item in (cube.get(m) for m in head)]
+        order = parts.reranker.rerank(query, texts)
+        if sorted(order) == list(range(len(head))):
+            values = sorted((relevance.get(m, 0.0) for m in head), reverse=True)
+            head = [head[i] for i in order]
+            relevance.update(zip(head, values, strict=True))
+            kept = head + kept[len(head) :]
+
+    # 6. importance
+    total_window = sum(window_stems.values()) or 1
+    weights = config.weights
+
+    def importance(memory_id: str) -> WorkingEntry:
+        rel = relevance.get(memory_id, 0.0)
+        tokens = set(cube.tokens(memory_id))
+        kw = sum(n for s, n in window_stems.items() if s in tokens) / total_window
+        entry = cube.entries[memory_id]
+        usage = min(entry.usage_count, config.usage_cap) / config.usage_cap
+        score = weights.relevance * rel + weights.keyword * kw + weights.usage * usage
+        return WorkingEntry(id=memory_id, importance=score, relevance=rel, keyword_score=kw)
+
+    scored = sorted((importance(m) for m in kept), key=lambda w: -w.importance)
+    chosen = scored[:capacity]
 
     # 7. write back; newcomers count as a use and are logged one by one
     cube.set_working(chosen)
@@ -74,8 +151,7 @@ def handle(ctx: HandlerContext) -> None:
         item = cube.get(entry.id)
         if item is None:
             continue
-        item = item.model_copy(update={"usage_count": item.usage_count + 1})
-        cube.put(item)
+        item = cube.put(item.model_copy(update={"usage_count": item.usage_count + 1}))
         move = f"[{item.memory_type}→WorkingMemory] {item.key}: {item.memory}"
         ctx.log(
             WebLogLabel.SCHEDULE_MEMORY,

@@ -1,7 +1,9 @@
 """An incremental BM25 index for one cube: add and remove documents one at a time, query in milliseconds.
 
 bm25s and friends rebuild the whole index to add a document; a scheduler adds memories on every turn,
-so postings are kept as plain dicts that change in place.
+so postings are kept as plain dicts that change in place. A document can also grow and shrink term by term
+(``extend``/``retract``), which is how a whole conversation session is indexed as one document while its
+turns arrive one by one.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ class LexicalIndex:
         self._postings: dict[str, dict[str, int]] = {}
         self._lengths: dict[str, int] = {}
         self._total_length = 0
-        self._terms_of: dict[str, tuple[str, ...]] = {}
+        self._terms_of: dict[str, set[str]] = {}
 
     def __len__(self) -> int:
         return len(self._lengths)
@@ -33,13 +35,44 @@ class LexicalIndex:
         """Index ``doc_id``; an id already present is replaced."""
         if doc_id in self._lengths:
             self.remove(doc_id)
+        self.extend(doc_id, tokens)
+
+    def extend(self, doc_id: str, tokens: Iterable[str]) -> None:
+        """Append ``tokens`` to ``doc_id`` (created when absent)."""
         counts = Counter(tokens)
+        terms = self._terms_of.setdefault(doc_id, set())
         for term, tf in counts.items():
-            self._postings.setdefault(term, {})[doc_id] = tf
+            posting = self._postings.setdefault(term, {})
+            posting[doc_id] = posting.get(doc_id, 0) + tf
+            terms.add(term)
         length = sum(counts.values())
-        self._lengths[doc_id] = length
+        self._lengths[doc_id] = self._lengths.get(doc_id, 0) + length
         self._total_length += length
-        self._terms_of[doc_id] = tuple(counts)
+
+    def retract(self, doc_id: str, tokens: Iterable[str]) -> None:
+        """Take ``tokens`` (once added with ``extend``) out of ``doc_id``; an emptied document disappears."""
+        if doc_id not in self._lengths:
+            return
+        terms = self._terms_of[doc_id]
+        removed = 0
+        for term, tf in Counter(tokens).items():
+            posting = self._postings.get(term)
+            if posting is None or doc_id not in posting:
+                continue
+            left = posting[doc_id] - tf
+            removed += min(tf, posting[doc_id])
+            if left > 0:
+                posting[doc_id] = left
+                continue
+            del posting[doc_id]
+            terms.discard(term)
+            if not posting:
+                del self._postings[term]
+        self._total_length -= removed
+        self._lengths[doc_id] -= removed
+        if not terms:
+            del self._lengths[doc_id]
+            del self._terms_of[doc_id]
 
     def remove(self, doc_id: str) -> None:
         length = self._lengths.pop(doc_id, None)
@@ -52,6 +85,9 @@ class LexicalIndex:
                 posting.pop(doc_id, None)
                 if not posting:
                     del self._postings[term]
+
+    def document_frequency(self, term: str) -> int:
+        return len(self._postings.get(term, ()))
 
     def scores(self, query_tokens: Iterable[str]) -> dict[str, float]:
         """BM25 score of every document that shares a term with the query."""

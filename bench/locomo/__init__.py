@@ -1,0 +1,1 @@
+"""LoCoMo retrieval benchmark: evidence recall of working memory after each question, over the real service."""

@@ -1,0 +1,479 @@
+"""The cube's retriever: BM25 over memories plus the conversation around each memory, fused linearly.
+
+A question rarely shares many words with the turn that answers it; it shares them with the turn before ("What did
+you research?" / "Adoption agencies."), with the session the answer sits in, with the person it names and with
+the date it names. Each of these becomes a signal per memory, taken from generic memory metadata that any MemOS
+client can send (see RetrievalConfig): who said it (``speaker``), which session it belongs to (``session_id``),
+when (``session_date``/``date``/``timestamp``, else created_at) and insertion order. The signals, each in 0..1:
+
+- lexical: the memory's BM25 score over the best score of the query (text plus indexed metadata such as captions);
+- previous / next / previous2: the lexical signal of the memory said just before / just after / two before it in
+  the same session (the answer usually follows the question that shares the query's words);
+- session: the BM25 score of the memory's whole session as one document, over the best session's;
+- speaker: 1 when the query names the person who said the memory;
+- date: exp(-days / date_scale_days) from the memory's date to the nearest date the query names;
+- length, session_start, time_mention: what the memory is like, whatever the query: log of its length, whether it
+  opens its session, whether it mentions a time ("yesterday", "last week", "ago"). Turns that report news carry
+  the facts people ask about later; greetings and short replies do not;
+- dense: cosine with the query under the configured embedder, min-max scaled over the cube (optional).
+
+The fused score is the weighted sum (weights fitted, see FusionWeights). Everything is incremental: adding a memory
+touches its postings, its session's postings and two neighbour links; a query is one BM25 pass over postings
+plus a few vector operations over the cube, well under a millisecond at conversation sizes.
+"""
+
+from __future__ import annotations
+
+import bisect
+import logging
+import math
+import re
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from memsched_grpc.models import MemoryItem
+from memsched_grpc.retrieval import dates
+from memsched_grpc.retrieval.embedders import Embedder, EmbeddingError, Matrix
+from memsched_grpc.retrieval.lexical import LexicalIndex
+from memsched_grpc.retrieval.settings import FusionWeights, RetrievalConfig
+from memsched_grpc.retrieval.tokenizer import STOPWORDS, stem, tokenize, words
+
+log = logging.getLogger(__name__)
+
+SIGNALS = (
+    "lexical",
+    "previous",
+    "next",
+    "previous2",
+    "session",
+    "speaker",
+    "date",
+    "length",
+    "session_start",
+    "time_mention",
+    "dense",
+)
+_COLUMN = {name: i for i, name in enumerate(SIGNALS)}
+MATCHES = [_COLUMN[n] for n in ("lexical", "previous", "next", "previous2", "speaker", "date", "dense")]
+"""Signals that tie a memory to the query itself. A memory with none of them has relevance 0, whatever its
+session's score or its priors: it is not a candidate, and it does not outrank memories that match."""
+TIME_MENTION = re.compile(
+    r"\b(?:yesterday|today|tonight|tomorrow|ago|recently|since"
+    r"|(?:last|next|this)\s+(?:week|weekend|month|year|night|time|morning|summer|winter|spring|fall))\b",
+    re.IGNORECASE,
+)
+LENGTH_SCALE = 5.0
+"""log(1 + tokens) / LENGTH_SCALE keeps the length signal near 0..1 for chat-sized memories."""
+EMBED_RETRY_PER_QUERY = 64
+COMPACT_MIN_SLOTS = 1024
+_INITIAL_CAPACITY = 64
+
+Floats = npt.NDArray[np.float64]
+Ints = npt.NDArray[np.int64]
+
+
+def first_value(metadata: dict[str, Any], keys: Sequence[str]) -> Any:
+    """The value of the first of ``keys`` that ``metadata`` holds with a non-empty value."""
+    for key in keys:
+        value = metadata.get(key)
+        if value not in (None, "", [], {}):
+            return value
+    return None
+
+
+def index_text(item: MemoryItem, metadata_keys: Sequence[str]) -> str:
+    """The text a memory is searched by: its memory text and the string values of the indexed metadata keys."""
+    parts = [item.memory]
+    for key in metadata_keys:
+        value = item.metadata.get(key)
+        if isinstance(value, str):
+            parts.append(value)
+        elif isinstance(value, list):
+            parts.extend(v for v in value if isinstance(v, str))
+    return "\n".join(parts)
+
+
+def weight_vector(weights: FusionWeights) -> Floats:
+    return np.array([getattr(weights, name) for name in SIGNALS], dtype=np.float64)
+
+
+@dataclass
+class Ranking:
+    """Fused scores of every memory of the cube for one query; ``scores`` are scaled so the best is 1."""
+
+    ids: list[str]
+    scores: Floats
+    signals: Floats
+    dense: bool
+
+    def top(self, k: int) -> list[tuple[str, float]]:
+        """The ``k`` best memories with a positive score, best first (ties: insertion order)."""
+        if not self.ids or k <= 0:
+            return []
+        k = min(k, len(self.ids))
+        head = np.argpartition(-self.scores, k - 1)[:k] if k < len(self.ids) else np.arange(len(self.ids))
+        head = head[np.lexsort((head, -self.scores[head]))]
+        return [(self.ids[i], float(self.scores[i])) for i in head if self.scores[i] > 0]
+
+    def score_map(self) -> dict[str, float]:
+        return {memory_id: float(s) for memory_id, s in zip(self.ids, self.scores, strict=True) if s > 0}
+
+
+class Retriever:
+    """Per-cube retrieval state. Not thread-safe: a cube is only ever used by its own worker's thread."""
+
+    def __init__(self, config: RetrievalConfig, embedder: Embedder | None = None) -> None:
+        self.config = config
+        self.embedder = embedder
+        self.index = LexicalIndex(config.k1, config.b)
+        self.sessions_index = LexicalIndex(config.k1, config.session_b)
+        self._ids: list[str | None] = []
+        self._slot: dict[str, int] = {}
+        self._tokens: dict[int, list[str]] = {}
+        self._texts: dict[int, str] = {}
+        self._signatures: dict[int, tuple[Any, ...]] = {}
+        self._arrivals = 0
+        self._session_of_key: dict[str, int] = {}
+        self._session_keys: list[str] = []
+        self._members: list[tuple[list[tuple[float, float, int]], list[int]]] = []
+        self._speaker_of_name: dict[str, int] = {}
+        self._speakers_by_word: dict[str, set[int]] = {}
+        self._years: Counter[int] = Counter()
+        self._pending_vectors: set[int] = set()
+        cap = _INITIAL_CAPACITY
+        self._session = np.zeros(cap, dtype=np.int64)
+        self._speaker = np.full(cap, -1, dtype=np.int64)
+        self._day = np.full(cap, np.nan, dtype=np.float64)
+        self._prev = np.full(cap, -1, dtype=np.int64)
+        self._next = np.full(cap, -1, dtype=np.int64)
+        self._alive = np.zeros(cap, dtype=bool)
+        self._length = np.zeros(cap, dtype=np.float64)
+        self._time_mention = np.zeros(cap, dtype=np.float64)
+        self._vectors: Matrix | None = None
+        self._has_vector = np.zeros(cap, dtype=bool)
+
+    def __len__(self) -> int:
+        return len(self._slot)
+
+    def __contains__(self, memory_id: str) -> bool:
+        return memory_id in self._slot
+
+    # building
+    def add(self, item: MemoryItem) -> None:
+        self.add_many([item])
+
+    def add_many(self, items: Iterable[MemoryItem]) -> None:
+        """Index memories (an id already present is replaced); embeds them in one batch when an embedder is set."""
+        slots = [s for s in (self._add_one(item) for item in items) if s is not None]
+        if self.embedder is not None and slots:
+            self._embed_slots(slots)
+
+    def remove(self, memory_id: str) -> None:
+        slot = self._slot.pop(memory_id, None)
+        if slot is None:
+            return
+        self._ids[slot] = None
+        self._alive[slot] = False
+        self._has_vector[slot] = False
+        self._pending_vectors.discard(slot)
+        self._texts.pop(slot, None)
+        self._signatures.pop(slot, None)
+        self.index.remove(memory_id)
+        tokens = self._tokens.pop(slot, [])
+        session = int(self._session[slot])
+        self.sessions_index.retract(self._session_keys[session], tokens)
+        order, members = self._members[session]
+        at = members.index(slot)
+        del order[at], members[at]
+        before, after = int(self._prev[slot]), int(self._next[slot])
+        if before >= 0:
+            self._next[before] = after
+        if after >= 0:
+            self._prev[after] = before
+        self._prev[slot] = self._next[slot] = -1
+        if not math.isnan(self._day[slot]):
+            year = dates.year_of(int(self._day[slot]))
+            self._years[year] -= 1
+            if self._years[year] <= 0:
+                del self._years[year]
+
+    def _add_one(self, item: MemoryItem) -> int | None:
+        """Index one memory; None when it is already indexed exactly so (a usage count changed, say)."""
+        config = self.config
+        text = index_text(item, config.indexed_metadata_keys)
+        signature = (
+            text,
+            item.sequence,
+            item.created_at,
+            first_value(item.metadata, config.session_keys),
+            first_value(item.metadata, config.speaker_keys),
+            first_value(item.metadata, config.date_keys),
+        )
+        old = self._slot.get(item.id)
+        if old is not None:
+            if self._signatures.get(old) == signature:
+                return None
+            self.remove(item.id)
+        if len(self._ids) >= COMPACT_MIN_SLOTS and len(self._ids) > 2 * len(self._slot):
+            self._compact()
+        slot = len(self._ids)
+        self._ensure_capacity(slot + 1)
+        self._ids.append(item.id)
+        self._slot[item.id] = slot
+        self._signatures[slot] = signature
+        self._alive[slot] = True
+        tokens = tokenize(text)
+        self._length[slot] = math.log1p(len(tokens)) / LENGTH_SCALE
+        self._time_mention[slot] = 1.0 if TIME_MENTION.search(item.memory) else 0.0
+        self._tokens[slot] = tokens
+        self._texts[slot] = text
+        self.index.add(item.id, tokens)
+
+        self._arrivals += 1
+        key = (float(item.sequence), item.created_at.timestamp(), self._arrivals)
+        session_key = first_value(item.metadata, config.session_keys)
+        session_name = f"add:{item.source_item_id}" if session_key is None else f"session:{session_key}"
+        session = self._session_of_key.get(session_name)
+        if session is None:
+            session = len(self._session_keys)
+            self._session_of_key[session_name] = session
+            self._session_keys.append(session_name)
+            self._members.append(([], []))
+        self._session[slot] = session
+        self.sessions_index.extend(session_name, tokens)
+        self._link(slot, session, key)
+
+        speaker = first_value(item.metadata, config.speaker_keys)
+        self._speaker[slot] = -1 if speaker is None else self._speaker_id(str(speaker))
+
+        day = dates.to_day(first_value(item.metadata, config.date_keys))
+        if day is None:
+            day = item.created_at.date().toordinal()
+        self._day[slot] = day
+        self._years[dates.year_of(day)] += 1
+        return slot
+
+    def _link(self, slot: int, session: int, key: tuple[float, float, int]) -> None:
+        """Put ``slot`` between its neighbours in insertion order within its session (usually: at the end)."""
+        order, members = self._members[session]
+        at = bisect.bisect(order, key)
+        order.insert(at, key)
+        members.insert(at, slot)
+        before = members[at - 1] if at > 0 else -1
+        after = members[at + 1] if at + 1 < len(members) else -1
+        self._prev[slot], self._next[slot] = before, after
+        if before >= 0:
+            self._next[before] = slot
+        if after >= 0:
+            self._prev[after] = slot
+
+    def _speaker_id(self, name: str) -> int:
+        normal = " ".join(name.lower().split())
+        found = self._speaker_of_name.get(normal)
+        if found is not None:
+            return found
+        speaker = len(self._speaker_of_name)
+        self._speaker_of_name[normal] = speaker
+        for word in words(normal):
+            if word not in STOPWORDS and len(word) > 1:
+                self._speakers_by_word.setdefault(word, set()).add(speaker)
+        return speaker
+
+    def _ensure_capacity(self, size: int) -> None:
+        cap = len(self._alive)
+        if size <= cap:
+            return
+        new = max(size, cap * 2)
+
+        def grow(array: npt.NDArray[Any], fill: Any) -> npt.NDArray[Any]:
+            out = np.full((new, *array.shape[1:]), fill, dtype=array.dtype)
+            out[:cap] = array
+            return out
+
+        self._session = grow(self._session, 0)
+        self._speaker = grow(self._speaker, -1)
+        self._day = grow(self._day, np.nan)
+        self._prev = grow(self._prev, -1)
+        self._next = grow(self._next, -1)
+        self._alive = grow(self._alive, False)
+        self._length = grow(self._length, 0.0)
+        self._time_mention = grow(self._time_mention, 0.0)
+        self._has_vector = grow(self._has_vector, False)
+        if self._vectors is not None:
+            self._vectors = grow(self._vectors, 0.0)
+
+    def _compact(self) -> None:
+        """Renumber the live memories 0..n-1 once removed and replaced ones hold most slots."""
+        live = np.flatnonzero(self._alive[: len(self._ids)])
+        count = len(live)
+        renumber = np.full(len(self._ids) + 1, -1, dtype=np.int64)  # the last cell maps a missing neighbour (-1)
+        renumber[live] = np.arange(count)
+        old_to_new = {int(old): new for new, old in enumerate(live)}
+
+        def keep(array: npt.NDArray[Any], fill: Any) -> npt.NDArray[Any]:
+            out = np.full_like(array, fill)
+            out[:count] = array[live]
+            return out
+
+        self._session = keep(self._session, 0)
+        self._speaker = keep(self._speaker, -1)
+        self._day = keep(self._day, np.nan)
+        self._length = keep(self._length, 0.0)
+        self._time_mention = keep(self._time_mention, 0.0)
+        self._prev = keep(renumber[self._prev[: len(self._alive)]], -1)
+        self._next = keep(renumber[self._next[: len(self._alive)]], -1)
+        self._has_vector = keep(self._has_vector, False)
+        self._alive = keep(self._alive, False)
+        if self._vectors is not None:
+            self._vectors = keep(self._vectors, 0.0)
+        self._ids = [self._ids[int(i)] for i in live]
+        self._slot = {memory_id: n for n, memory_id in enumerate(self._ids) if memory_id is not None}
+        self._tokens = {old_to_new[s]: t for s, t in self._tokens.items()}
+        self._texts = {old_to_new[s]: t for s, t in self._texts.items()}
+        self._signatures = {old_to_new[s]: t for s, t in self._signatures.items()}
+        self._pending_vectors = {old_to_new[s] for s in self._pending_vectors}
+        for _, members in self._members:
+            members[:] = [old_to_new[s] for s in members]
+
+    def _embed_slots(self, slots: list[int]) -> bool:
+        """Embed the memories in ``slots``; on failure they wait in _pending_vectors for a later try."""
+        assert self.embedder is not None
+        live = [s for s in slots if s in self._texts]
+        if not live:
+            return True
+        try:
+            vectors = self.embedder.embed([self._texts[s] for s in live])
+        except EmbeddingError as e:
+            log.warning("embedding %d memories failed, retrieval stays lexical for them: %s", len(live), e)
+            self._pending_vectors.update(live)
+            return False
+        if self._vectors is None:
+            self._vectors = np.zeros((len(self._alive), vectors.shape[1]), dtype=np.float32)
+        if vectors.shape != (len(live), self._vectors.shape[1]):
+            log.warning("embedder returned vectors of shape %s for %d texts; ignored", vectors.shape, len(live))
+            self._pending_vectors.update(live)
+            return False
+        self._vectors[live] = vectors
+        self._has_vector[live] = True
+        self._pending_vectors.difference_update(live)
+        return True
+
+    # querying
+    def named_speakers(self, query: str) -> tuple[set[int], set[str]]:
+        """Speakers the query names, and the query words that named them."""
+        named: set[int] = set()
+        matched: set[str] = set()
+        for word in words(query):
+            found = self._speakers_by_word.get(word)
+            if found:
+                named |= found
+                matched.add(word)
+        return named, matched
+
+    def signals(self, query: str, extra_terms: Sequence[str] = ()) -> tuple[Floats, bool]:
+        """The signal matrix (one row per slot, one column per SIGNALS entry) and whether ``dense`` is live."""
+        n = len(self._ids)
+        out = np.zeros((n, len(SIGNALS)), dtype=np.float64)
+        if not self._slot:
+            return out, False
+        named, name_words = self.named_speakers(query)
+        dropped = {stem(w) for w in name_words} if self.config.drop_speaker_names else set()
+        tokens = [t for t in tokenize(query) if t not in dropped]
+        for term in extra_terms:
+            tokens.extend(t for t in tokenize(term) if t not in dropped)
+
+        lexical = np.zeros(n + 1, dtype=np.float64)  # the extra last cell is 0: where a missing neighbour (-1) points
+        scores = self.index.scores(tokens)
+        if scores:
+            slot = self._slot
+            lexical[[slot[m] for m in scores]] = list(scores.values())
+            lexical /= lexical.max()
+        prev = self._prev[:n]
+        out[:, _COLUMN["lexical"]] = lexical[:n]
+        out[:, _COLUMN["previous"]] = lexical[prev]
+        out[:, _COLUMN["next"]] = lexical[self._next[:n]]
+        out[:, _COLUMN["previous2"]] = lexical[np.where(prev >= 0, self._prev[prev], -1)]
+        out[:, _COLUMN["length"]] = self._length[:n]
+        out[:, _COLUMN["session_start"]] = prev < 0
+        out[:, _COLUMN["time_mention"]] = self._time_mention[:n]
+
+        session_scores = self.sessions_index.scores(tokens)
+        if session_scores:
+            per_session = np.zeros(len(self._session_keys), dtype=np.float64)
+            for key, score in session_scores.items():
+                per_session[self._session_of_key[key]] = score
+            per_session /= per_session.max()
+            out[:, _COLUMN["session"]] = per_session[self._session[:n]]
+
+        if named:
+            out[:, _COLUMN["speaker"]] = np.isin(self._speaker[:n], list(named))
+
+        intervals = dates.mentioned(query)
+        for month in dates.month_only(query):
+            intervals.extend(dates.month_interval(year, month) for year in self._years)
+        if intervals:
+            day = self._day[:n]
+            nearest = np.full(n, np.inf)
+            for start, end in intervals:
+                nearest = np.minimum(nearest, np.maximum(np.maximum(start - day, day - end), 0.0))
+            with np.errstate(invalid="ignore"):
+                out[:, _COLUMN["date"]] = np.where(np.isnan(day), 0.0, np.exp(-nearest / self.config.date_scale_days))
+
+        dense = self._dense(query, n)
+        if dense is not None:
+            out[:, _COLUMN["dense"]] = dense
+        out[~self._alive[:n]] = 0.0
+        return out, dense is not None
+
+    def _dense(self, query: str, n: int) -> Floats | None:
+        if self.embedder is None:
+            return None
+        if self._pending_vectors:
+            self._embed_slots(sorted(self._pending_vectors)[:EMBED_RETRY_PER_QUERY])
+        if self._vectors is None or not self._has_vector[:n].any():
+            return None
+        try:
+            q = self.embedder.embed([query])
+        except EmbeddingError as e:
+            log.warning("embedding the query failed, ranking lexically: %s", e)
+            return None
+        if q.shape != (1, self._vectors.shape[1]):
+            return None
+        cosine = (self._vectors[:n] @ q[0]).astype(np.float64)
+        has = self._has_vector[:n] & self._alive[:n]
+        low, high = float(cosine[has].min()), float(cosine[has].max())
+        scaled = (cosine - low) / (high - low) if high > low else np.zeros(n)
+        scaled[~has] = 0.0
+        result: Floats = scaled
+        return result
+
+    def rank(self, query: str, extra_terms: Sequence[str] = ()) -> Ranking:
+        """Fused scores of every memory for ``query`` (plus ``extra_terms`` as more query words)."""
+        matrix, dense = self.signals(query, extra_terms)
+        alive = np.flatnonzero(self._alive[: len(self._ids)])
+        weights = weight_vector(self.config.dense_weights if dense else self.config.weights)
+        fused = matrix[alive] @ weights
+        fused[~(matrix[alive][:, MATCHES] > 0).any(axis=1)] = 0.0
+        best = float(fused.max()) if len(fused) else 0.0
+        if best > 0:
+            fused = fused / best
+        ids = [self._ids[i] for i in alive]
+        return Ranking([i for i in ids if i is not None], fused, matrix[alive], dense)
+
+    def evidence_rank(self, evidences: Sequence[str], per_evidence: int, extra_terms: Sequence[str] = ()) -> Ranking:
+        """MemOS step 3 for several evidences: each evidence's ranking, merged by the best score a memory gets."""
+        rankings = [self.rank(e, extra_terms) for e in evidences]
+        if len(rankings) == 1:
+            return rankings[0]
+        base = rankings[0]
+        best: dict[str, float] = {}
+        for ranking in rankings:
+            for memory_id, score in ranking.top(per_evidence):
+                best[memory_id] = max(best.get(memory_id, 0.0), score)
+        scores = np.array([best.get(m, 0.0) for m in base.ids], dtype=np.float64)
+        return Ranking(base.ids, scores, base.signals, base.dense)

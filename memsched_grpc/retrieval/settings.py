@@ -1,0 +1,150 @@
+"""Retrieval settings, the ``scheduler.retrieval`` section of the configuration.
+
+They live beside the code they steer; config.py nests ``RetrievalConfig`` under ``scheduler`` so every knob is
+settable from YAML or from the environment (``MEMSCHED_SCHEDULER__RETRIEVAL__EMBEDDER__KIND=onnx``). Unknown
+keys are errors here as everywhere else.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+
+from memsched_grpc.retrieval import model_files
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class FusionWeights(_Section):
+    """Weights of the fused relevance score, one per signal (retrieval/retriever.py describes each signal).
+
+    The defaults were fitted, not set by hand: a logistic regression over the signals of (question, turn) pairs of
+    the LoCoMo development conversations, checked by leave-one-conversation-out cross-validation
+    (``python -m bench.locomo.fit``). Only the ratios matter.
+    """
+
+    lexical: float = 1.0
+    previous: float = 0.594
+    next: float = 0.326
+    previous2: float = 0.639
+    session: float = 0.51
+    speaker: float = 0.436
+    date: float = 0.343
+    length: float = 0.686
+    session_start: float = 0.189
+    time_mention: float = 0.216
+    dense: float = 0.0
+
+
+class EmbedderConfig(_Section):
+    """A dense embedder fused with the lexical signals. Off by default: the default path needs no model."""
+
+    kind: Literal["none", "onnx", "openai", "hashing"] = "none"
+    """none; onnx: a local ONNX sentence encoder (extra ``memsched[onnx]``); openai: an OpenAI-compatible
+    ``/embeddings`` endpoint; hashing: feature-hashed character n-grams (no model, for tests and tiny setups)."""
+    model: str = ""
+    """onnx: a path to a .onnx file, or to a directory holding model.onnx (or onnx/model.onnx), or a Hugging Face
+    model id already in the local cache (nothing is downloaded); openai: the model name sent to the endpoint."""
+    tokenizer: str = ""
+    """onnx: a tokenizer.json file or the directory holding it; empty: next to the model."""
+    max_tokens: int = Field(default=128, ge=8, le=8192)
+    """Longer texts are truncated (MiniLM was trained on 128 word pieces)."""
+    batch_size: int = Field(default=32, ge=1)
+    threads: int = Field(default=1, ge=1)
+    """onnxruntime intra-op threads per worker process; workers already use every core between them."""
+    dimensions: int = Field(default=256, ge=8)
+    """hashing: vector size."""
+    base_url: str = ""
+    """openai: the endpoint's base URL (``http://host:port/v1``); empty: the ``llm.base_url``."""
+    api_key: SecretStr = SecretStr("")
+    """openai: the bearer token; empty: the ``llm.api_key``."""
+    timeout_seconds: float = Field(default=2.0, gt=0)
+    cache_size: int = Field(default=50_000, ge=0)
+    """Vectors kept per worker process by text, so a cube reloaded after a failed transaction is not re-embedded."""
+
+    @model_validator(mode="after")
+    def _files_exist(self) -> EmbedderConfig:
+        """A local model must be there when the server starts, not fail every query later."""
+        if self.kind == "onnx":
+            found = model_files.model_file(self.model)
+            model_files.tokenizer_file(self.tokenizer or str(found.parent))
+        return self
+
+
+class LLMConfig(_Section):
+    """An OpenAI-compatible chat endpoint for MemOS's LLM steps. Every step falls back to its deterministic
+    non-LLM version when the endpoint is not configured, fails, times out or answers something unusable."""
+
+    base_url: str = ""
+    """``http://host:port/v1``; empty: no LLM, every step uses its fallback."""
+    model: str = ""
+    api_key: SecretStr = SecretStr("")
+    """Sent as ``Authorization: Bearer``; set it from the environment, not in a file."""
+    timeout_seconds: float = Field(default=5.0, gt=0)
+    """Per request. The query handler waits for it, so it bounds what a slow endpoint costs a query."""
+    max_output_tokens: int = Field(default=256, ge=16)
+    keywords: bool = True
+    """Ask the LLM for the query's keywords (MemOS step 1); they also widen the lexical query."""
+    intent: bool = True
+    """Ask the LLM whether working memory already answers the query and which evidence is missing (step 2)."""
+    failure_cooldown_seconds: float = Field(default=30.0, ge=0)
+    """After a failed call, steps use their fallback without calling for this long, so a dead endpoint costs one
+    timeout per cooldown instead of one per query."""
+
+
+class RerankerConfig(_Section):
+    """A second stage over the best fused candidates (MemOS step 5)."""
+
+    kind: Literal["none", "llm"] = "none"
+    """none: fused relevance order (MemOS's fallback); llm: the LLM orders the candidates (falls back to none)."""
+    top_n: int = Field(default=30, ge=1)
+    """Candidates shown to the reranker; the rest keep their fused order behind them."""
+
+
+class RetrievalConfig(_Section):
+    """How a query finds memories: BM25 over memory text plus conversational context taken from generic memory
+    metadata, fused linearly; optionally a dense embedder, an LLM for keywords/intent and a reranker."""
+
+    k1: float = Field(default=1.2, gt=0)
+    b: float = Field(default=0.0, ge=0, le=1)
+    """BM25 length normalisation of memories. 0: chat turns are short, and the longer turns carry the facts."""
+    session_b: float = Field(default=0.0, ge=0, le=1)
+    """BM25 length normalisation of whole sessions."""
+    indexed_metadata_keys: tuple[str, ...] = ("image_caption", "caption")
+    """Metadata values (strings or lists of strings) indexed with the memory's text, e.g. the caption of a
+    shared photo that the text only alludes to."""
+    speaker_keys: tuple[str, ...] = ("speaker", "user_name")
+    """The first of these metadata keys that is set names who said the memory; a query naming that person
+    favours their memories."""
+    session_keys: tuple[str, ...] = ("session_id", "session")
+    """The first of these metadata keys that is set groups memories into sessions: neighbours are taken within a
+    session and a session is also scored as a whole. Without one, the memories of one add message (a chat
+    excerpt) form a session, and separately added facts have no neighbours."""
+    date_keys: tuple[str, ...] = ("session_date", "date", "timestamp", "date_time", "time")
+    """The first of these metadata keys that holds a date dates the memory (ISO, Unix seconds, or free text such
+    as "1:56 pm on 8 May, 2023"); without one, the memory's created_at is its date."""
+    date_scale_days: float = Field(default=14.0, gt=0)
+    """A memory dated d days from a date named in the query gets the date signal exp(-d / scale)."""
+    drop_speaker_names: bool = True
+    """Leave the names of known speakers out of the lexical query: a turn rarely names its own speaker, so the name
+    would favour the other person's turns; the speaker signal uses it instead."""
+    candidate_pool: int = Field(default=100, ge=1)
+    """How many fused candidates the query keeps for merging, de-duplication and reranking."""
+    weights: FusionWeights = Field(default_factory=FusionWeights)
+    """Fusion weights when no dense signal is available."""
+    dense_weights: FusionWeights = Field(default_factory=FusionWeights)
+    """Fusion weights when the embedder produced a query vector."""
+    embedder: EmbedderConfig = Field(default_factory=EmbedderConfig)
+    llm: LLMConfig = Field(default_factory=LLMConfig)
+    reranker: RerankerConfig = Field(default_factory=RerankerConfig)
+
+    @model_validator(mode="after")
+    def _endpoints_named(self) -> RetrievalConfig:
+        if self.embedder.kind == "openai" and not (self.embedder.base_url or self.llm.base_url):
+            raise ValueError("embedder.kind is openai: set embedder.base_url or llm.base_url")
+        if self.reranker.kind == "llm" and not self.llm.base_url:
+            raise ValueError("reranker.kind is llm: set llm.base_url")
+        return self
