@@ -102,10 +102,15 @@ def mentioned(text: str, default_year: int | None = None) -> list[Interval]:
 
 
 def month_only(text: str) -> list[int]:
-    """Months named without a year ("in June"): the caller resolves them against each memory's own year."""
+    """Months named without a year ("in June", "on 8 May"): the caller resolves them against the years its
+    memories are in. Parts of a date with a year do not count."""
+    dated = [m.span() for p in [_ISO, *_PATTERNS[:3]] for m in p.finditer(text)]
     out = []
     for pattern in _PATTERNS[3:6]:
         for match in pattern.finditer(text):
+            start, end = match.span()
+            if any(start < b and a < end for a, b in dated):
+                continue
             year, month, _ = _groups(match)
             if year is None and month is not None:
                 out.append(month)
