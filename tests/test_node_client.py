@@ -48,5 +48,7 @@ def test_node_bidirectional_example(make_server: Any, built_example: str) -> Non
     assert summary["queryStatus"] == "TASK_STATUS_COMPLETED"
     assert any("His name is Max" in text for text in summary["working"])
     assert any(line.startswith("rejected") and "user_id" in line for line in lines)
+    # the unary Submit's INVALID_ARGUMENT carries a google.rpc.BadRequest that the Node client decodes
+    assert summary["violations"] == ["items[1].user_id: is required and must not be empty"]
     # what the Node client wrote is what the server holds
     assert sorted(client.working_texts("node-user", "pets")) == sorted(summary["working"])

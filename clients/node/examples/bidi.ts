@@ -1,13 +1,14 @@
 // A bidirectional Session against a running memsched server: add the pet facts, ask a question on the
 // same stream, print every acknowledgement, log item and completion as it arrives, then read the cube's
-// working memory.
+// working memory; then shows the field violations of a refused unary Submit.
 //
 //   npm run build && node dist/examples/bidi.js 127.0.0.1:50051
 //
 // The last line printed is a JSON summary (the test in tests/test_node_client.py reads it).
 
 import { randomUUID } from 'node:crypto';
-import { MemschedClient, type ScheduleMessageItem } from '../src';
+import * as grpc from '@grpc/grpc-js';
+import { fieldViolations, MemschedClient, type ScheduleMessageItem } from '../src';
 
 const address = process.argv[2] ?? '127.0.0.1:50051';
 const user = process.argv[3] ?? 'node-user';
@@ -65,8 +66,18 @@ async function main(): Promise<void> {
   console.log('working memory:');
   working.forEach((text, i) => console.log(`  ${i + 1}. ${text}`));
   const status = await client.getStatus({ item_id: query.item_id });
+
+  // Submit is all or nothing: the bad item fails the batch with INVALID_ARGUMENT and a BadRequest detail
+  let violations: string[] = [];
+  try {
+    await client.submit([item('add', 'fine'), bad]);
+  } catch (error) {
+    const e = error as grpc.ServiceError;
+    violations = fieldViolations(e).map((v) => `${v.field}: ${v.description}`);
+    console.log(`submit refused (${grpc.status[e.code]}): ${violations.join('; ')}`);
+  }
   client.close();
-  console.log(JSON.stringify({ ...counts, queryStatus: status.status, working }));
+  console.log(JSON.stringify({ ...counts, queryStatus: status.status, working, violations }));
 }
 
 main().catch((error: unknown) => {

@@ -1,2 +1,3 @@
 // Public surface of the memsched Node client.
 export * from './client';
+export * from './errors';
