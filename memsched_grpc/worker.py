@@ -23,6 +23,7 @@ from memsched_grpc.config import Settings
 from memsched_grpc.cube import Cube
 from memsched_grpc.errors import PermanentError, StorageError
 from memsched_grpc.handlers import Handler, HandlerContext, build_registry
+from memsched_grpc.logging_setup import configure_logging
 from memsched_grpc.models import Message
 from memsched_grpc.store import keys
 from memsched_grpc.store.cubes import CubeTables
@@ -275,9 +276,7 @@ def worker_main(
 ) -> None:
     """Entry point of a spawned worker. SIGINT belongs to the server (it drains); SIGTERM stops after the batch."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    logging.basicConfig(
-        level=settings.log_level, format=f"%(asctime)s worker-{index} %(levelname)s %(name)s: %(message)s"
-    )
+    configure_logging(settings.log_level, settings.log_format, f"worker-{index}")
     worker = Worker(settings, tasks, results, current)
 
     def stop(signum: int, frame: Any) -> None:
