@@ -8,7 +8,6 @@ costs nothing. Each server has its own registry: two servers in one process (tes
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import threading
 from collections.abc import Iterable
@@ -18,6 +17,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, start_wsgi_
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from memsched_grpc.addresses import is_loopback_host, split_address
 from memsched_grpc.config import MetricsConfig
 from memsched_grpc.dispatcher import Finished
 from memsched_grpc.errors import ConfigError
@@ -135,14 +135,8 @@ class Metrics:
 
     def start(self) -> int:
         """Serve /metrics on ``config.address``; returns the bound port."""
-        host, _, port_text = self.config.address.rpartition(":")
-        host = host.strip("[]") or "127.0.0.1"
-        try:
-            port = int(port_text)
-            public = not (host == "localhost" or ipaddress.ip_address(host).is_loopback)
-        except ValueError as e:
-            raise ConfigError(f"metrics.address {self.config.address!r} is not host:port") from e
-        if public:
+        host, port = split_address(self.config.address, "metrics.address")
+        if not is_loopback_host(host):
             log.warning("metrics endpoint on non-loopback address %s: anyone who reaches it can read it", host)
         try:
             self._httpd, self._thread = start_wsgi_server(port, addr=host, registry=self.registry)

@@ -3,7 +3,6 @@ health and reflection. Shutdown order: health NOT_SERVING -> server.stop(grace) 
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 from concurrent import futures
 
@@ -12,6 +11,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from memsched.v1 import scheduler_pb2, scheduler_pb2_grpc
+from memsched_grpc.addresses import is_loopback
 from memsched_grpc.auth import Authenticator
 from memsched_grpc.config import Settings
 from memsched_grpc.errors import ConfigError
@@ -24,21 +24,11 @@ log = logging.getLogger(__name__)
 SERVICE_NAME = scheduler_pb2.DESCRIPTOR.services_by_name["Scheduler"].full_name
 
 
-def _is_loopback(address: str) -> bool:
-    host = address.rsplit(":", 1)[0].strip("[]")
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 class SchedulerServer:
     """A running memsched: the scheduler core plus its gRPC face."""
 
     def __init__(self, settings: Settings) -> None:
-        public = not _is_loopback(settings.server.address)
+        public = not is_loopback(settings.server.address)
         if public and not settings.auth.enabled and not settings.server.allow_public_without_auth:
             raise ConfigError(
                 f"server.address {settings.server.address!r} is not loopback and auth.tokens is empty; "
@@ -56,7 +46,7 @@ class SchedulerServer:
         """Start everything; returns the bound port."""
         self.scheduler.start()  # spawns workers: must come before the first grpc object
         cfg = self.settings.server
-        if not _is_loopback(cfg.address) and not self.settings.auth.enabled:
+        if not is_loopback(cfg.address) and not self.settings.auth.enabled:
             log.warning("listening on non-loopback address %s WITHOUT authentication", cfg.address)
         options = [
             ("grpc.max_receive_message_length", cfg.max_receive_message_bytes),

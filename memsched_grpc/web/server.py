@@ -9,7 +9,6 @@ a loopback host, so that a web page elsewhere cannot read it through DNS rebindi
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import logging
 import socket
@@ -23,6 +22,7 @@ from importlib import resources
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from memsched_grpc.addresses import is_loopback_host, split_address
 from memsched_grpc.auth import Authenticator, Unauthenticated
 from memsched_grpc.config import WebConfig
 from memsched_grpc.errors import ConfigError, NotFound
@@ -81,22 +81,6 @@ def authorize_with(authenticator: Authenticator) -> Authorize:
     return authorize
 
 
-def _split_address(address: str) -> tuple[str, int]:
-    host, sep, port = address.rpartition(":")
-    if not sep or not port.isdigit():
-        raise ConfigError(f"web.address {address!r} must be host:port")
-    return host.strip("[]") or "127.0.0.1", int(port)
-
-
-def _is_loopback_host(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def _load_assets() -> dict[str, tuple[bytes, str]]:
     """Every shipped asset, read once: requests are answered from this table, so no path reaches the disk."""
     assets: dict[str, tuple[bytes, str]] = {}
@@ -134,8 +118,8 @@ class DashboardServer:
         authorize: Authorize | None = None,
         allow_public_without_auth: bool = False,
     ) -> None:
-        self.host, port = _split_address(config.address)
-        self.loopback = _is_loopback_host(self.host)
+        self.host, port = split_address(config.address, "web.address")
+        self.loopback = is_loopback_host(self.host)
         if not self.loopback and authorize is None and not allow_public_without_auth:
             raise ConfigError(
                 f"web.address {config.address!r} is not loopback and auth.tokens is empty; "
@@ -213,7 +197,7 @@ class DashboardServer:
         if not host_header:
             return False
         host = urlsplit("//" + host_header).hostname or ""
-        return _is_loopback_host(host)
+        return is_loopback_host(host)
 
     def cube(self, user_id: str, mem_cube_id: str) -> dict[str, Any]:
         view = self.scheduler.read_memory(user_id, mem_cube_id, [MemoryType.WORKING], 0)
