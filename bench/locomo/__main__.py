@@ -188,11 +188,20 @@ def run_conversation(
     return latencies
 
 
-def retrieval_settings(args: argparse.Namespace) -> dict[str, Any]:
-    retrieval: dict[str, Any] = {}
+def merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in extra.items():
+        out[key] = merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def scheduler_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The scheduler section: the defaults, the embedder named on the command line, then ``--scheduler`` JSON."""
+    scheduler: dict[str, Any] = {}
     if args.embedder != "none":
-        retrieval["embedder"] = {"kind": args.embedder, "model": args.model, "tokenizer": args.tokenizer}
-    return {"retrieval": retrieval} if retrieval else {}
+        embedder = {"kind": args.embedder, "model": args.model, "tokenizer": args.tokenizer}
+        scheduler["retrieval"] = {"embedder": embedder}
+    return merge(scheduler, json.loads(args.scheduler)) if args.scheduler else scheduler
 
 
 def bundled_minilm() -> tuple[str, str]:
@@ -213,6 +222,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--limit", type=int, default=0, help="questions per conversation (0: all)")
     parser.add_argument("--conversations", type=int, default=0, help="conversations to run (0: all)")
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument(
+        "--scheduler", default="", help='extra scheduler settings as JSON, e.g. \'{"retrieval": {"b": 0.3}}\''
+    )
     args = parser.parse_args(argv)
     if not args.path.exists():
         print(f"LoCoMo data not found at {args.path}: skipping the retrieval benchmark.")
@@ -222,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
         args.model, args.tokenizer = bundled_minilm()
     conversations = load(args.path)[: args.conversations or None]
     print(f"# LoCoMo {args.path.name}: {len(conversations)} conversations; embedder {args.embedder}")
-    server = Server(retrieval_settings(args), args.workers)
+    server = Server(scheduler_settings(args), args.workers)
     overall = Tally()
     by_category: dict[int, Tally] = {}
     latencies: list[float] = []
@@ -260,6 +272,7 @@ def main(argv: list[str] | None = None) -> int:
             "p95": round(percentile(latencies, 0.95) * 1000, 2),
         },
         "embedder": args.embedder,
+        "scheduler_settings": scheduler_settings(args),
         "data": args.path.name,
         "seconds": round(time.perf_counter() - started, 1),
     }

@@ -5,7 +5,7 @@ every conversation, then for each conversation fits weights on the others and me
 The held-out figure is what to quote; the weights fitted on all conversations are what to ship (print-out at the
 end, for FusionWeights). Bounded: a few seconds per conversation, once; fitting works on small matrices.
 
-    python -m bench.locomo.fit [PATH] [--embedder onnx --model DIR --tokenizer DIR]
+    python -m bench.locomo.fit [PATH] [--embedder onnx [--model DIR --tokenizer DIR]]
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
+from bench.locomo.__main__ import bundled_minilm
 from bench.locomo.data import CATEGORIES, DEFAULT_PATH, Conversation, Tally, load
 from memsched_grpc.models import MemoryItem, MemoryType
 from memsched_grpc.retrieval.components import components
@@ -157,12 +158,14 @@ def main(argv: list[str] | None = None) -> int:
     if not args.path.exists():
         print(f"LoCoMo data not found at {args.path}; skipping (see bench/RESULTS.md for how to get it)")
         return 0
-    embedder = EmbedderConfig(kind=args.embedder, model=args.model, tokenizer=args.tokenizer)
+    if args.embedder == "onnx" and not args.model:
+        args.model, args.tokenizer = bundled_minilm()
+    embedder = EmbedderConfig(kind=args.embedder, model=args.model, tokenizer=args.tokenizer, threads=2)
     config = RetrievalConfig(embedder=embedder)
     conversations = load(args.path)
     data = collect(conversations, config)
     dense = args.embedder != "none"
-    columns = [i for i, name in enumerate(SIGNALS) if dense or name != "dense"]
+    columns = [i for i, name in enumerate(SIGNALS) if dense or "dense" not in name]
 
     def restrict(w: Floats) -> Floats:
         full = np.zeros(len(SIGNALS))

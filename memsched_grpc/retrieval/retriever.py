@@ -15,7 +15,8 @@ when (``session_date``/``date``/``timestamp``, else created_at) and insertion or
 - length, session_start, time_mention: what the memory is like, whatever the query: log of its length, whether it
   opens its session, whether it mentions a time ("yesterday", "last week", "ago"). Turns that report news carry
   the facts people ask about later; greetings and short replies do not;
-- dense: cosine with the query under the configured embedder, min-max scaled over the cube (optional).
+- dense, previous_dense, next_dense: cosine with the query under the configured embedder, min-max scaled over the
+  cube, of the memory and of its neighbours (optional).
 
 The fused score is the weighted sum (weights fitted, see FusionWeights). Everything is incremental: adding a memory
 touches its postings, its session's postings and two neighbour links; a query is one BM25 pass over postings
@@ -57,6 +58,8 @@ SIGNALS = (
     "session_start",
     "time_mention",
     "dense",
+    "previous_dense",
+    "next_dense",
 )
 _COLUMN = {name: i for i, name in enumerate(SIGNALS)}
 MATCHES = [_COLUMN[n] for n in ("lexical", "previous", "next", "previous2", "speaker", "date", "dense")]
@@ -426,7 +429,10 @@ class Retriever:
 
         dense = self._dense(query, n)
         if dense is not None:
+            padded = np.append(dense, 0.0)
             out[:, _COLUMN["dense"]] = dense
+            out[:, _COLUMN["previous_dense"]] = padded[prev]
+            out[:, _COLUMN["next_dense"]] = padded[self._next[:n]]
         out[~self._alive[:n]] = 0.0
         return out, dense is not None
 

@@ -37,6 +37,26 @@ class FusionWeights(_Section):
     session_start: float = 0.189
     time_mention: float = 0.216
     dense: float = 0.0
+    previous_dense: float = 0.0
+    next_dense: float = 0.0
+
+
+DENSE_WEIGHTS = FusionWeights(
+    lexical=0.859,
+    previous=0.371,
+    next=0.119,
+    previous2=0.605,
+    session=0.549,
+    speaker=0.527,
+    date=0.489,
+    length=0.665,
+    session_start=0.302,
+    time_mention=0.273,
+    dense=1.0,
+    previous_dense=0.402,
+    next_dense=0.386,
+)
+"""Fitted by ``python -m bench.locomo.fit --embedder onnx`` (int8 all-MiniLM-L6-v2), leave-one-conversation-out."""
 
 
 class EmbedderConfig(_Section):
@@ -135,8 +155,8 @@ class RetrievalConfig(_Section):
     """How many fused candidates the query keeps for merging, de-duplication and reranking."""
     weights: FusionWeights = Field(default_factory=FusionWeights)
     """Fusion weights when no dense signal is available."""
-    dense_weights: FusionWeights = Field(default_factory=FusionWeights)
-    """Fusion weights when the embedder produced a query vector."""
+    dense_weights: FusionWeights = Field(default_factory=lambda: DENSE_WEIGHTS)
+    """Fusion weights when the embedder produced a query vector (fitted like the others, with all-MiniLM-L6-v2)."""
     embedder: EmbedderConfig = Field(default_factory=EmbedderConfig)
     llm: LLMConfig = Field(default_factory=LLMConfig)
     reranker: RerankerConfig = Field(default_factory=RerankerConfig)
