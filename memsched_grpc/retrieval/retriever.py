@@ -465,11 +465,26 @@ class Retriever:
         weights = weight_vector(self.config.dense_weights if dense else self.config.weights)
         fused = matrix[alive] @ weights
         fused[~(matrix[alive][:, MATCHES] > 0).any(axis=1)] = 0.0
-        best = float(fused.max()) if len(fused) else 0.0
-        if best > 0:
-            fused = fused / best
+        fused = self._scaled(fused)
         ids = [self._ids[i] for i in alive]
         return Ranking([i for i in ids if i is not None], fused, matrix[alive], dense)
+
+    def _scaled(self, fused: Floats) -> Floats:
+        """Relevance in 0..1: the best memory 1, the last of the candidate pool (and anything below) 0.
+
+        Scaling over the pool rather than dividing by the best keeps relevance spread out among the candidates,
+        so MemOS's small keyword and usage terms in importance break near-ties instead of reshuffling the list.
+        """
+        positive = fused[fused > 0]
+        if not len(positive):
+            return np.zeros_like(fused)
+        best = float(positive.max())
+        pool = self.config.candidate_pool
+        floor = float(np.partition(positive, -pool)[-pool]) if len(positive) > pool else 0.0
+        if best <= floor:
+            return np.where(fused > 0, 1.0, 0.0)
+        scaled: Floats = np.clip((fused - floor) / (best - floor), 0.0, 1.0)
+        return scaled
 
     def evidence_rank(self, evidences: Sequence[str], per_evidence: int, extra_terms: Sequence[str] = ()) -> Ranking:
         """MemOS step 3 for several evidences: each evidence's ranking, merged by the best score a memory gets."""
