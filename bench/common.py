@@ -53,7 +53,10 @@ def machine() -> str:
 def header(title: str) -> None:
     print(f"# {title}")
     print(f"# machine: {machine()}")
-    print(f"# command: {' '.join([Path(sys.executable).name, *sys.argv])}")
+    main = sys.modules["__main__"]
+    spec = getattr(main, "__spec__", None)
+    argv = ["-m", spec.name, *sys.argv[1:]] if spec is not None else sys.argv
+    print(f"# command: {' '.join(['python', *argv])}")
 
 
 # processes

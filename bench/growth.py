@@ -91,7 +91,7 @@ async def measure_cube(address: str, cube: str, corpus: Corpus, queries: int, ad
             )
             if t is not None:
                 latencies.append(t.to_completion * 1000)
-        stream.close()
+        await stream.close()
         out["query_p50_ms"] = percentile(latencies, 0.5)
         out["query_p95_ms"] = percentile(latencies, 0.95)
         payloads = requests([item(USER, cube, "add", corpus.sentence()) for _ in range(adds)], 100)

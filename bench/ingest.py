@@ -38,9 +38,9 @@ ECHO_CYCLES = {1: 1, 100: 4, 1000: 10}  # the echo is much faster: it sends the 
 TARGETS = {1: 0.8, 100: 0.5, 1000: 0.5}
 
 
-def build(count: int, per_message: int, corpus: Corpus, cubes: int = 16) -> list[bytes]:
+def build(count: int, per_message: int, corpus: Corpus, label: str = "add", cubes: int = 16) -> list[bytes]:
     user = f"ingest-{uuid.uuid4().hex[:6]}"
-    items = [item(user, f"cube-{i % cubes}", "add", corpus.sentence()) for i in range(count)]
+    items = [item(user, f"cube-{i % cubes}", label, corpus.sentence()) for i in range(count)]
     return requests(items, per_message)
 
 
@@ -74,6 +74,7 @@ def main() -> None:
     parser.add_argument("--window", type=int, default=64, help="messages in flight before waiting for acks")
     parser.add_argument("--batches", type=int, nargs="*", default=list(CASES))
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--label", default="add", help="label of the items (mem_read: a handler that only logs)")
     parser.add_argument("--baseline", type=Path, help="also run this checkout (a git worktree) for before/after")
     args = parser.parse_args()
     header("ingest over one Session stream: memsched vs raw grpcio echo")
@@ -81,7 +82,7 @@ def main() -> None:
     summary = []
     for per_message in args.batches:
         count = int(CASES.get(per_message, 100_000) * args.scale)
-        payloads = build(count, per_message, corpus)
+        payloads = build(count, per_message, corpus, args.label)
         mem_rates, echo_rates, base_rates = [], [], []
         for _ in range(args.repeats):
             echo = Echo()

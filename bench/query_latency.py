@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import shutil
 import subprocess
@@ -145,9 +146,11 @@ class QueryStream:
         to_log = log_future.result() - sent if log_future.done() else float("nan")
         return Timing(to_log, done - sent)
 
-    def close(self) -> None:
+    async def close(self) -> None:
         self.call.cancel()
         self.reader.cancel()
+        with contextlib.suppress(asyncio.CancelledError, grpc.RpcError):
+            await self.reader
 
 
 def query_text(corpus: Corpus, token: str) -> str:
@@ -172,7 +175,7 @@ async def timed_queries(
                 missed += 1
             if timing is not None:
                 out.append(timing)
-        stream.close()
+        await stream.close()
     return out, missed
 
 
@@ -187,7 +190,7 @@ async def warm(address: str, cubes: int) -> float:
             user, cube = cube_name(c)
             timing = await stream.query(user, cube, query_text(corpus, "warmup"), 600)
             slowest = max(slowest, timing.to_completion if timing else float("inf"))
-        stream.close()
+        await stream.close()
     return slowest
 
 
