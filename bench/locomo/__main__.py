@@ -79,8 +79,9 @@ class Server:
         deadline = time.monotonic() + START_TIMEOUT
         while not port_file.exists() or not port_file.read_text().strip():
             if self.proc.poll() is not None or time.monotonic() > deadline:
+                log = (self.tmp / "server.log").read_text()[-3000:]
                 self.stop()
-                raise RuntimeError(f"server did not start: {(self.tmp / 'server.log').read_text()[-3000:]}")
+                raise RuntimeError(f"server did not start: {log}")
             time.sleep(0.05)
         self.address = f"127.0.0.1:{port_file.read_text().strip()}"
 
