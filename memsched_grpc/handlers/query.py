@@ -74,7 +74,7 @@ def handle(ctx: HandlerContext) -> None:
     # 1. keywords and the window of recent queries
     query_keywords = assistant.keywords(query)
     state.query_window = [*state.query_window, query][-config.context_window_size :]
-    window_counts: Counter[str] = Counter(query_keywords)
+    window_counts: Counter[str] = Counter(query_keywords.words)
     for past in state.query_window[:-1]:
         window_counts.update(keywords(past))
     state.keyword_counts = dict(window_counts)
@@ -82,7 +82,7 @@ def handle(ctx: HandlerContext) -> None:
     for word, n in window_counts.items():
         for part in word.lower().split():
             window_stems[stem(part)] += n
-    expansion = query_keywords if assistant.enabled and retrieval.llm.keywords else []
+    expansion = query_keywords.words if query_keywords.from_llm else []
 
     # 2-3. intent, then one search per evidence
     retriever = cube.retriever(retrieval)

@@ -47,6 +47,14 @@ class Intent:
     evidences: list[str]
 
 
+@dataclass(frozen=True)
+class Keywords:
+    """The query's keywords; only the LLM's (``from_llm``) add anything to the query's own words."""
+
+    words: list[str]
+    from_llm: bool
+
+
 @dataclass
 class StepStats:
     """How often each step used the LLM's answer or its fallback, for logs and tests."""
@@ -91,7 +99,7 @@ class Assistant:
         table = self.stats.used if used else self.stats.fallback
         table[step] = table.get(step, 0) + 1
 
-    def keywords(self, query: str) -> list[str]:
+    def keywords(self, query: str) -> Keywords:
         """Keywords of the query: the LLM's, else the query's own content words (first 20, unique)."""
         answer = self._ask("keywords", KEYWORDS_PROMPT, query) if self.config.keywords else None
         raw = answer.get("keywords") if isinstance(answer, dict) else answer
@@ -99,9 +107,9 @@ class Assistant:
             words = list(dict.fromkeys(w.strip() for w in raw if isinstance(w, str) and w.strip()))[:MAX_KEYWORDS]
             if words:
                 self._count("keywords", True)
-                return words
+                return Keywords(words, from_llm=True)
         self._count("keywords", False)
-        return fallback_keywords(query, MAX_KEYWORDS)
+        return Keywords(fallback_keywords(query, MAX_KEYWORDS), from_llm=False)
 
     def intent(self, query: str, working: Sequence[str]) -> Intent:
         """Whether working memory misses something; fallback: always retrieve, with the query as the evidence."""

@@ -7,6 +7,7 @@ keys are errors here as everywhere else.
 
 from __future__ import annotations
 
+import importlib.util
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
@@ -89,6 +90,9 @@ class EmbedderConfig(_Section):
     def _files_exist(self) -> EmbedderConfig:
         """A local model must be there when the server starts, not fail every query later."""
         if self.kind == "onnx":
+            missing = [m for m in ("onnxruntime", "tokenizers") if importlib.util.find_spec(m) is None]
+            if missing:
+                raise ValueError(f"embedder.kind onnx needs {' and '.join(missing)}: pip install 'memsched[onnx]'")
             found = model_files.model_file(self.model)
             model_files.tokenizer_file(self.tokenizer or str(found.parent))
         return self
