@@ -463,11 +463,13 @@ class Retriever:
         matrix, dense = self.signals(query, extra_terms)
         alive = np.flatnonzero(self._alive[: len(self._ids)])
         weights = weight_vector(self.config.dense_weights if dense else self.config.weights)
-        fused = matrix[alive] @ weights
-        fused[~(matrix[alive][:, MATCHES] > 0).any(axis=1)] = 0.0
+        if len(alive) < len(matrix):
+            matrix = matrix[alive]
+        fused = matrix @ weights
+        fused[~(matrix[:, MATCHES] > 0).any(axis=1)] = 0.0
         fused = self._scaled(fused)
         ids = [self._ids[i] for i in alive]
-        return Ranking([i for i in ids if i is not None], fused, matrix[alive], dense)
+        return Ranking([i for i in ids if i is not None], fused, matrix, dense)
 
     def _scaled(self, fused: Floats) -> Floats:
         """Relevance in 0..1: the best memory 1, the last of the candidate pool (and anything below) 0.
