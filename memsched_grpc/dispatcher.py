@@ -45,6 +45,8 @@ class Dispatcher:
         self.settings = settings
         self.inbox = inbox
         self.listener = listener
+        self.finish_in_inbox: Callable[[list[tuple[Record, TaskState]]], None] = inbox.finish
+        """How finished items reach the inbox; the scheduler routes it through the group commit."""
         self.pool = WorkerPool(settings, self._on_results, self._on_death)
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
@@ -166,7 +168,7 @@ class Dispatcher:
     def _complete(self, finished: list[Finished]) -> None:
         if not finished:
             return
-        self.inbox.finish([(f.record, f.state) for f in finished])
+        self.finish_in_inbox([(f.record, f.state) for f in finished])
         with self._changed:
             for f in finished:
                 r = f.record

@@ -18,14 +18,14 @@ from datetime import UTC, datetime
 import lmdb
 
 from memsched_grpc.config import StorageConfig
-from memsched_grpc.errors import StorageError
+from memsched_grpc.errors import ShuttingDown, StorageError
 from memsched_grpc.models import ItemStatus, TaskState
 from memsched_grpc.store import keys
 from memsched_grpc.store.environment import Environment, as_bytes
 
 log = logging.getLogger(__name__)
 
-DB_NAMES = ("status", "pending", "tasks", "meta", "dead", "finished")
+DB_NAMES = ("status", "pending", "tasks", "meta", "dead", "finished", "final")
 _WAITING, _COMPLETED, _FAILED = b"W", b"C", b"F"
 _FINAL = {TaskState.COMPLETED: _COMPLETED, TaskState.FAILED: _FAILED}
 MAX_GROUP_ITEMS = 20_000
@@ -84,6 +84,7 @@ class Inbox:
         self._meta = self.env.dbs["meta"]
         self._dead = self.env.dbs["dead"]
         self._finished = self.env.dbs["finished"]
+        self._final = self.env.dbs["final"]
         self._seq_lock = threading.Lock()  # accept and redrive both hand out sequence numbers
         self.shards = self._fix_shards(storage.shards)
         with self.env.read() as txn:
@@ -109,14 +110,16 @@ class Inbox:
     def next_seq(self) -> int:
         return self._next_seq
 
-    def accept(self, items: list[Incoming]) -> list[Record | None]:
-        """Store new items in one transaction. Returns a Record per new item, None per duplicate id."""
+    def accept(self, items: list[Incoming], done: list[tuple[Record, TaskState]] | None = None) -> list[Record | None]:
+        """Store new items, and finish ``done`` items, in one transaction (one fsync for both).
+        Returns a Record per new item, None per duplicate id."""
         with self._seq_lock:
-            return self._accept(items)
+            return self._accept(items, done or [])
 
-    def _accept(self, items: list[Incoming]) -> list[Record | None]:
+    def _accept(self, items: list[Incoming], done: list[tuple[Record, TaskState]]) -> list[Record | None]:
         now = time.time_ns()
         start_seq = self._next_seq
+        finished_at = now.to_bytes(8, "big")
 
         def write(txn: lmdb.Transaction) -> list[Record | None]:
             seq = start_seq
@@ -140,6 +143,7 @@ class Inbox:
                 )
                 seq += 1
             put(b"next_seq", seq.to_bytes(8, "big"), db=self._meta)
+            self._finish_in(txn, done, finished_at)
             return out
 
         records = self.env.write(write)
@@ -147,23 +151,27 @@ class Inbox:
         return records
 
     def finish(self, done: list[tuple[Record, TaskState]]) -> None:
-        """Record final states and take the items off the pending table, in one transaction.
-        Failed items keep their payload in the dead-letter table, from where they can be re-driven."""
-
-        def write(txn: lmdb.Transaction) -> None:
-            for record, state in done:
-                status = record.status(state, finished=True)
-                seq = keys.seq_key(record.seq)
-                txn.put(
-                    record.item_id.encode(), _FINAL[state] + seq + status.model_dump_json().encode(), db=self._status
-                )
-                if state == TaskState.FAILED:
-                    txn.put(seq, record.accepted_ns.to_bytes(8, "big") + record.payload, db=self._dead)
-                txn.delete(seq, db=self._pending)
-                txn.put(finished_at + record.item_id.encode(), b"", db=self._finished)
-
+        """Record final states and take the items off the pending table, in one transaction of its own
+        (the GroupCommitter usually does this inside an accept's transaction instead)."""
         finished_at = time.time_ns().to_bytes(8, "big")
-        self.env.write(write)
+        self.env.write(lambda txn: self._finish_in(txn, done, finished_at))
+
+    def _finish_in(self, txn: lmdb.Transaction, done: list[tuple[Record, TaskState]], finished_at: bytes) -> None:
+        """The item_id index keeps its 9-byte value (state + seq), so it stays dense under random ids; the
+        final status goes to a table keyed by seq, which finished items reach nearly in order. Failed items
+        keep their payload in the dead-letter table, from where they can be re-driven."""
+        for record, state in done:
+            seq = keys.seq_key(record.seq)
+            txn.put(record.item_id.encode(), _FINAL[state] + seq, db=self._status)
+            txn.put(seq, record.status(state, finished=True).model_dump_json().encode(), db=self._final)
+            if state == TaskState.FAILED:
+                txn.put(seq, record.accepted_ns.to_bytes(8, "big") + record.payload, db=self._dead)
+            txn.delete(seq, db=self._pending)
+            txn.put(finished_at + record.item_id.encode(), b"", db=self._finished)
+
+    def _final_status(self, txn: lmdb.Transaction, index_value: bytes) -> ItemStatus | None:
+        raw = txn.get(index_value[1:9], db=self._final)
+        return None if raw is None else ItemStatus.model_validate_json(as_bytes(raw))
 
     def purge_finished(self, older_than_ns: int, limit: int = 10_000) -> int:
         """Forget up to ``limit`` items that finished before ``older_than_ns``: their status record, and with it
@@ -189,9 +197,10 @@ class Inbox:
                             break
                         continue
                     if value[:1] != _WAITING:  # re-driven items are pending again: keep them
-                        status = ItemStatus.model_validate_json(value[9:])
-                        if status.task_id:
+                        status = self._final_status(txn, value)
+                        if status is not None and status.task_id:
                             txn.delete(status.task_id.encode() + keys.CUBE_SEP + item_key, db=self._tasks)
+                        txn.delete(value[1:9], db=self._final)
                         txn.delete(item_key, db=self._status)
                         purged += 1
                 if not cursor.delete():
@@ -210,9 +219,10 @@ class Inbox:
                 item = items_pb2.ScheduleMessageItem.FromString(as_bytes(raw)[8:])
                 if (user_id and item.user_id != user_id) or (mem_cube_id and item.mem_cube_id != mem_cube_id):
                     continue
-                status = txn.get(item.item_id.encode(), db=self._status)
+                index = txn.get(item.item_id.encode(), db=self._status)
+                status = None if index is None else self._final_status(txn, as_bytes(index))
                 if status is not None:
-                    out.append(ItemStatus.model_validate_json(as_bytes(status)[9:]))
+                    out.append(status)
                 if len(out) >= limit:
                     break
         return out
@@ -237,6 +247,7 @@ class Inbox:
                         continue
                     value = as_bytes(dead)
                     txn.delete(old, db=self._dead)
+                    txn.delete(old, db=self._final)
                     txn.put(keys.seq_key(seq), value, db=self._pending, append=True)
                     txn.put(item_id.encode(), _WAITING + keys.seq_key(seq), db=self._status)
                     item = items_pb2.ScheduleMessageItem.FromString(value[8:])
@@ -287,7 +298,7 @@ class Inbox:
             if raw is None:
                 return None
             if raw[:1] != _WAITING:
-                return ItemStatus.model_validate_json(as_bytes(raw)[9:])
+                return self._final_status(txn, as_bytes(raw))
             pending = txn.get(as_bytes(raw)[1:9], db=self._pending)
         if pending is None:
             return None
@@ -326,25 +337,63 @@ class Inbox:
 AcceptCallback = Callable[[list[Record | None] | None, Exception | None], None]
 
 
+@dataclass(slots=True)
+class _Accept:
+    items: list[Incoming]
+    callback: AcceptCallback
+
+
+@dataclass(slots=True)
+class _Finish:
+    done: list[tuple[Record, TaskState]]
+    committed: threading.Event
+    error: Exception | None = None
+
+
 class GroupCommitter:
-    """One thread that commits the accept requests of every stream together: one fsync for many items."""
+    """One thread that commits what every stream accepts and every finished item, together: one fsync for
+    many items. Accepts and finishes share the inbox's single write lock, so taking turns for it costs more
+    than committing both in one transaction."""
 
     def __init__(self, inbox: Inbox, after_commit: Callable[[list[Record]], None]) -> None:
         self.inbox = inbox
         self.after_commit = after_commit
-        self._requests: queue.SimpleQueue[tuple[list[Incoming], AcceptCallback] | None] = queue.SimpleQueue()
+        self._requests: queue.SimpleQueue[_Accept | _Finish | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="inbox-commit", daemon=True)
+        self._lock = threading.Lock()
+        self._open = True
 
     def start(self) -> None:
         self._thread.start()
 
     def submit(self, items: list[Incoming], callback: AcceptCallback) -> None:
         """``callback(records, None)`` after the commit, or ``callback(None, error)``; runs on the commit thread."""
-        self._requests.put((items, callback))
+        with self._lock:
+            if self._open:
+                self._requests.put(_Accept(items, callback))
+                return
+        callback(None, ShuttingDown("the inbox no longer accepts items"))
+
+    def finish(self, done: list[tuple[Record, TaskState]]) -> None:
+        """Finish items in the next group commit and wait for it; after stop(), in a transaction of its own."""
+        request = _Finish(done, threading.Event())
+        with self._lock:
+            queued = self._open
+            if queued:
+                self._requests.put(request)
+        if not queued:
+            self.inbox.finish(done)
+            return
+        request.committed.wait()
+        if request.error is not None:
+            raise request.error
 
     def stop(self) -> None:
-        self._requests.put(None)
-        self._thread.join(10)
+        """Commit what is queued, then stop; later finishes commit on their own."""
+        with self._lock:
+            self._open = False
+            self._requests.put(None)
+        self._thread.join(30)
 
     def _run(self) -> None:
         while True:
@@ -352,7 +401,7 @@ class GroupCommitter:
             if first is None:
                 return
             group = [first]
-            count = len(first[0])
+            count = len(first.items if isinstance(first, _Accept) else first.done)
             stop = False
             while count < MAX_GROUP_ITEMS:
                 try:
@@ -363,24 +412,31 @@ class GroupCommitter:
                     stop = True
                     break
                 group.append(nxt)
-                count += len(nxt[0])
+                count += len(nxt.items if isinstance(nxt, _Accept) else nxt.done)
             self._commit(group)
             if stop:
                 return
 
-    def _commit(self, group: list[tuple[list[Incoming], AcceptCallback]]) -> None:
-        items = [item for request_items, _ in group for item in request_items]
+    def _commit(self, group: list[_Accept | _Finish]) -> None:
+        accepts = [r for r in group if isinstance(r, _Accept)]
+        finishes = [r for r in group if isinstance(r, _Finish)]
+        items = [item for request in accepts for item in request.items]
         try:
-            records = self.inbox.accept(items)
+            records = self.inbox.accept(items, [d for request in finishes for d in request.done])
         except (StorageError, lmdb.Error) as e:
-            log.error("inbox commit of %d items failed: %s", len(items), e)
-            for _, callback in group:
-                callback(None, e)
+            log.error("inbox commit of %d items and %d finishes failed: %s", len(items), len(finishes), e)
+            for request in accepts:
+                request.callback(None, e)
+            for finish in finishes:
+                finish.error = e
+                finish.committed.set()
             return
+        for finish in finishes:
+            finish.committed.set()
         # Callbacks first: they register where each item's logs go and queue the acks, so no completion
         # can overtake its own ack.
         offset = 0
-        for request_items, callback in group:
-            callback(records[offset : offset + len(request_items)], None)
-            offset += len(request_items)
+        for request in accepts:
+            request.callback(records[offset : offset + len(request.items)], None)
+            offset += len(request.items)
         self.after_commit([r for r in records if r is not None])

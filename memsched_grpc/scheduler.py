@@ -91,6 +91,7 @@ class MemScheduler:
         self.shards = ShardSet(settings.storage, self.inbox.shards)
         self.dispatcher = Dispatcher(settings, self.inbox, self._on_finished)
         self.committer = GroupCommitter(self.inbox, self.dispatcher.dispatch)
+        self.dispatcher.finish_in_inbox = self.committer.finish
         self._origins: dict[str, Session] = {}
         self._origins_lock = threading.Lock()
         self._sessions: set[Session] = set()
