@@ -102,9 +102,7 @@ class WorkerConfig(Section):
     retry_backoff_seconds: float = Field(default=0.2, ge=0)
     retry_backoff_max_seconds: float = Field(default=10.0, ge=0)
     batch_size: int = Field(default=512, ge=1)
-    """Messages per hand-off to a worker and at most per worker round (one transaction per shard)."""
-    round_seconds: float = Field(default=0.05, gt=0)
-    """A round stops taking messages after this long, so a waiting query is never behind more than one round."""
+    """Messages per hand-off to a worker and per worker transaction."""
     boot_timeout_seconds: float = Field(default=60.0, gt=0)
     max_cached_cubes: int = Field(default=512, ge=1)
     """Cubes a worker keeps loaded (state and index); the least recently used is dropped beyond it."""
@@ -148,6 +146,17 @@ class SchedulerConfig(Section):
     """How queries find memories: lexical and conversational signals, optional embedder, LLM steps, reranker."""
 
 
+class MetricsConfig(Section):
+    """The Prometheus endpoint (memsched_grpc/metrics.py): queue depth, items by status, handler latency,
+    partition sizes, worker restarts."""
+
+    enabled: bool = False
+    address: str = "127.0.0.1:9464"
+    """host:port serving /metrics; port 0 picks a free port."""
+    per_cube: bool = False
+    """Also export each cube's partition sizes (one series per cube and partition: mind the cardinality)."""
+
+
 class WebConfig(Section):
     """The live dashboard: a read-only web page of what the scheduler does (memsched_grpc/web)."""
 
@@ -159,17 +168,6 @@ class WebConfig(Section):
     """Recent log items of a cube shown at once when the page opens it."""
     max_streams: int = Field(default=16, ge=1)
     """Pages watching live at once (each holds a thread and a feed subscription); more get 503."""
-
-
-class MetricsConfig(Section):
-    """The Prometheus endpoint (memsched_grpc/metrics.py): queue depth, items by status, handler latency,
-    partition sizes, worker restarts."""
-
-    enabled: bool = False
-    address: str = "127.0.0.1:9464"
-    """host:port serving /metrics; port 0 picks a free port."""
-    per_cube: bool = False
-    """Also export each cube's partition sizes (one series per cube and partition: mind the cardinality)."""
 
 
 class Settings(BaseSettings):

@@ -38,8 +38,6 @@ OK, RETRY, FAILED = "ok", "retry", "failed"
 ResultTuple = tuple[int, str, str, int, list[bytes], float]  # (seq, outcome, error, attempts, logs as JSON, seconds)
 
 PRUNE_INTERVAL = 5.0
-QUERY_LABEL = "query"
-MIN_SHARE = 16
 
 
 class TaskSource(Protocol):
@@ -70,8 +68,6 @@ class Worker:
         self.cubes: OrderedDict[bytes, Cube] = OrderedDict()
         self.queues: OrderedDict[bytes, deque[Pending]] = OrderedDict()
         self.blocked: dict[bytes, float] = {}
-        self.queries_waiting: dict[bytes, int] = {}
-        self._round_deadline = 0.0
         self.low_water = 0
         self.stopping = False
         self._last_prune: dict[int, float] = {}
@@ -111,53 +107,30 @@ class Worker:
                 message = convert.message_from_bytes(payload)
                 cube = keys.cube_key(message.user_id, message.mem_cube_id)
                 self.queues.setdefault(cube, deque()).append(Pending(seq, attempts, message))
-                if message.label == QUERY_LABEL:
-                    self._count_queries(cube, +1)
             try:
                 batch = self.tasks.get(block=False)
             except Empty:
                 return True
 
     def _process_ready(self) -> None:
-        """One round: cubes with a waiting query first (a user waits on it), then the others in rotation, each
-        taking a fair share of ``batch_size``, so a busy cube cannot hold the rest of the worker's cubes."""
         now = time.monotonic()
         for cube, until in list(self.blocked.items()):
             if until <= now:
                 del self.blocked[cube]
-        ready = [cube for cube in self.queues if cube not in self.blocked]
-        if not ready:
-            return
-        ready.sort(key=lambda cube: self.queries_waiting.get(cube, 0) == 0)  # stable: rotation order otherwise
         budget = self.settings.workers.batch_size
-        share = max(MIN_SHARE, budget // len(ready))
         by_shard: dict[int, list[tuple[bytes, list[Pending]]]] = {}
-        for cube in ready:
-            if budget <= 0:
-                break
-            queue = self.queues[cube]
-            take = [queue.popleft() for _ in range(min(share, budget, len(queue)))]
+        for cube, queue in list(self.queues.items()):
+            if cube in self.blocked or budget <= 0:
+                continue
+            take = [queue.popleft() for _ in range(min(budget, len(queue)))]
             budget -= len(take)
-            queries = sum(1 for p in take if p.message.label == QUERY_LABEL)
-            if queries:
-                self._count_queries(cube, -queries)
-            if queue:
-                self.queues.move_to_end(cube)
-            else:
+            if not queue:
                 del self.queues[cube]
             first = take[0].message
             shard = self.shards.shard_of(first.user_id, first.mem_cube_id)
             by_shard.setdefault(shard, []).append((cube, take))
-        self._round_deadline = time.monotonic() + self.settings.workers.round_seconds
         for shard, work in by_shard.items():
             self._process_shard(shard, work)
-
-    def _count_queries(self, cube: bytes, delta: int) -> None:
-        left = self.queries_waiting.get(cube, 0) + delta
-        if left > 0:
-            self.queries_waiting[cube] = left
-        else:
-            self.queries_waiting.pop(cube, None)
 
     # one transaction per shard and batch
     def _process_shard(self, shard: int, work: list[tuple[bytes, list[Pending]]]) -> None:
@@ -191,9 +164,6 @@ class Worker:
             queue = self.queues.setdefault(cube_key, deque())
             queue.extendleft(reversed(items))
             self.queues.move_to_end(cube_key, last=False)
-            queries = sum(1 for p in items if p.message.label == QUERY_LABEL)
-            if queries:
-                self._count_queries(cube_key, queries)
         self.blocked.update(plan.blocked)
         if plan.results:
             self.results.put(plan.results)
@@ -202,9 +172,7 @@ class Worker:
         self, tables: CubeTables, txn: lmdb.Transaction, cube_key: bytes, items: list[Pending], plan: _Plan
     ) -> None:
         for i, pending in enumerate(items):
-            if self.stopping or (i and time.monotonic() > self._round_deadline):
-                # Asked to stop (the rest stays in the inbox), or the round is over: commit what is done
-                # and let the next round, queries first, take the rest.
+            if self.stopping:  # asked to stop: commit what is done, the rest stays in the inbox
                 plan.requeue.append((cube_key, items[i:]))
                 return
             message = pending.message
