@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Iterable
 from dataclasses import dataclass
 
 import lmdb
@@ -105,11 +104,6 @@ class Cube:
     def tokens(self, memory_id: str) -> tuple[str, ...]:
         entry = self.entries.get(memory_id)
         return entry.tokens if entry else ()
-
-    def relevance(self, query_tokens: Iterable[str]) -> dict[str, float]:
-        """Lexical score of every stored memory sharing a term with the query (memory text only; used to find
-        near duplicates, which needs no configuration)."""
-        return self.index.scores(query_tokens)
 
     def retriever(self, config: RetrievalConfig) -> Retriever:
         """The cube's query-time index, built on first use from the stored memories.

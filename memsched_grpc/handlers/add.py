@@ -131,7 +131,7 @@ def handle(ctx: HandlerContext) -> None:
         )
         if cube.get(item.id) is not None:
             raise InvalidContent(f"memory id {item.id!r} already exists with other text")
-        cube.put(item)
+        item = cube.put(item)
         working = [WorkingEntry(id=item.id), *cube.state.working]
         cube.set_working(working[: cube.capacities.working_memory_capacity])
         ctx.log(
@@ -148,12 +148,15 @@ def handle(ctx: HandlerContext) -> None:
 def _near_duplicate(ctx: HandlerContext, tokens: list[str]) -> str | None:
     if len(tokens) < NEAR_DUPLICATE_MIN_TOKENS:
         return None
+    # A memory at cosine >= threshold shares nearly every term of the new one, so it holds at least one of
+    # the new one's rarest terms unless it differs in all of them: candidates come from those terms only.
     threshold = ctx.config.dedup_threshold
-    scores = ctx.cube.relevance(tokens)
-    for memory_id, _ in sorted(scores.items(), key=lambda kv: -kv[1])[:3]:
-        if cosine(tokens, ctx.cube.tokens(memory_id)) >= threshold:
-            return memory_id
-    return None
+    best, best_id = threshold, None
+    for memory_id in ctx.cube.index.sharing_rarest(tokens):
+        similarity = cosine(tokens, ctx.cube.tokens(memory_id))
+        if similarity >= best:
+            best, best_id = similarity, memory_id
+    return best_id
 
 
 def _merge_metadata(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:

@@ -89,6 +89,19 @@ class LexicalIndex:
     def document_frequency(self, term: str) -> int:
         return len(self._postings.get(term, ()))
 
+    def sharing_rarest(self, tokens: Iterable[str], terms: int = 3, limit: int = 256) -> list[str]:
+        """Documents holding one of the ``terms`` rarest of ``tokens`` (at most ``limit``): a bounded candidate
+        set for near-duplicate checks, whose cost must not grow with the index the way scoring every posting
+        of a common word does."""
+        present = sorted((len(self._postings[t]), t) for t in set(tokens) if t in self._postings)
+        out: dict[str, None] = {}
+        for _, term in present[:terms]:
+            for doc_id in self._postings[term]:
+                out[doc_id] = None
+                if len(out) >= limit:
+                    return list(out)
+        return list(out)
+
     def scores(self, query_tokens: Iterable[str]) -> dict[str, float]:
         """BM25 score of every document that shares a term with the query."""
         n = len(self._lengths)
