@@ -327,9 +327,7 @@ class MemScheduler:
                 if memory_type == MemoryType.WORKING:
                     part = Partition(memory_type, len(state.working), caps.working_memory_capacity)
                     for entry in state.working[: limit or None]:
-                        item = tables.get_memory(txn, key, MemoryType.LONG_TERM, entry.id) or tables.get_memory(
-                            txn, key, MemoryType.USER, entry.id
-                        )
+                        item = tables.find_memory(txn, key, entry.id)
                         if item is not None:
                             part.items.append((item, entry))
                 elif memory_type in (MemoryType.LONG_TERM, MemoryType.USER):
@@ -408,9 +406,7 @@ class MemScheduler:
                 raise NotFound(f"cube {mem_cube_id!r} of user {user_id!r} has no state yet")
             usage = {}
             for entry in state.working:
-                item = tables.get_memory(txn, key, MemoryType.LONG_TERM, entry.id) or tables.get_memory(
-                    txn, key, MemoryType.USER, entry.id
-                )
+                item = tables.find_memory(txn, key, entry.id)
                 usage[entry.id] = item.usage_count if item else 0
         return state, usage
 

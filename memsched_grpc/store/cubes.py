@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import lmdb
 
@@ -45,13 +46,8 @@ class CubeTables:
     def iter_cubes(self, txn: lmdb.Transaction, user_id: str) -> Iterator[CubeState]:
         """The cubes of one user (cube keys start with the user id), or of all users when it is empty."""
         prefix = user_id.encode() + keys.CUBE_SEP if user_id else b""
-        cursor = txn.cursor(db=self._cube)
-        if not cursor.set_range(prefix):
-            return
-        for key, raw in cursor:
-            if not as_bytes(key).startswith(prefix):
-                break
-            yield CubeState.model_validate_json(as_bytes(raw))
+        for raw in _values_with_prefix(txn, self._cube, prefix):
+            yield CubeState.model_validate_json(raw)
 
     # memories
     def get_memory(
@@ -60,6 +56,12 @@ class CubeTables:
         raw = txn.get(keys.memory_key(cube, memory_type, memory_id), db=self._memory)
         return None if raw is None else MemoryItem.model_validate_json(as_bytes(raw))
 
+    def find_memory(self, txn: lmdb.Transaction, cube: bytes, memory_id: str) -> MemoryItem | None:
+        """A working-memory entry refers to a memory in LongTermMemory or UserMemory without saying which."""
+        return self.get_memory(txn, cube, MemoryType.LONG_TERM, memory_id) or self.get_memory(
+            txn, cube, MemoryType.USER, memory_id
+        )
+
     def put_memory(self, txn: lmdb.Transaction, cube: bytes, item: MemoryItem) -> None:
         txn.put(keys.memory_key(cube, item.memory_type, item.id), item.model_dump_json().encode(), db=self._memory)
 
@@ -67,28 +69,16 @@ class CubeTables:
         txn.delete(keys.memory_key(cube, memory_type, memory_id), db=self._memory)
 
     def iter_memories(self, txn: lmdb.Transaction, cube: bytes, memory_type: MemoryType) -> Iterator[MemoryItem]:
-        prefix = keys.memory_prefix(cube, memory_type)
-        cursor = txn.cursor(db=self._memory)
-        if not cursor.set_range(prefix):
-            return
-        for key, raw in cursor:
-            if not as_bytes(key).startswith(prefix):
-                break
-            yield MemoryItem.model_validate_json(as_bytes(raw))
+        for raw in _values_with_prefix(txn, self._memory, keys.memory_prefix(cube, memory_type)):
+            yield MemoryItem.model_validate_json(raw)
 
     def archive_memory(self, txn: lmdb.Transaction, cube: bytes, item: MemoryItem) -> None:
         """Evicted memories stay retrievable here, keyed like live ones."""
         txn.put(keys.memory_key(cube, item.memory_type, item.id), item.model_dump_json().encode(), db=self._archive)
 
     def iter_archive(self, txn: lmdb.Transaction, cube: bytes, memory_type: MemoryType) -> Iterator[MemoryItem]:
-        prefix = keys.memory_prefix(cube, memory_type)
-        cursor = txn.cursor(db=self._archive)
-        if not cursor.set_range(prefix):
-            return
-        for key, raw in cursor:
-            if not as_bytes(key).startswith(prefix):
-                break
-            yield MemoryItem.model_validate_json(as_bytes(raw))
+        for raw in _values_with_prefix(txn, self._archive, keys.memory_prefix(cube, memory_type)):
+            yield MemoryItem.model_validate_json(raw)
 
     # log history
     def append_log(self, txn: lmdb.Transaction, cube: bytes, log: LogItem, keep: int) -> None:
@@ -132,3 +122,14 @@ class CubeTables:
         while int.from_bytes(cursor.key(), "big") < below:
             if not cursor.delete():
                 break
+
+
+def _values_with_prefix(txn: lmdb.Transaction, db: Any, prefix: bytes) -> Iterator[bytes]:
+    """Values of the keys that start with ``prefix``, in key order."""
+    cursor = txn.cursor(db=db)
+    if not cursor.set_range(prefix):
+        return
+    for key, raw in cursor:
+        if not as_bytes(key).startswith(prefix):
+            break
+        yield as_bytes(raw)
