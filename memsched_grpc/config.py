@@ -103,6 +103,10 @@ class WorkerConfig(Section):
     retry_backoff_max_seconds: float = Field(default=10.0, ge=0)
     batch_size: int = Field(default=512, ge=1)
     """Messages per hand-off to a worker and per worker transaction."""
+    held_batches: int = Field(default=2, ge=1)
+    """A worker holds at most this many batches of unfinished items; the rest wait in the server, per cube,
+    where a cube with a waiting query is handed out first. Larger: more throughput per worker round, but a
+    query can wait behind more of other cubes' work."""
     boot_timeout_seconds: float = Field(default=60.0, gt=0)
     max_cached_cubes: int = Field(default=512, ge=1)
     """Cubes a worker keeps loaded (state and index); the least recently used is dropped beyond it."""

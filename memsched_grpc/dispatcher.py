@@ -11,7 +11,7 @@ import logging
 import queue
 import threading
 import time
-from collections import Counter
+from collections import Counter, OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -24,6 +24,7 @@ from memsched_grpc.worker import FAILED, OK, RETRY, ResultTuple
 
 log = logging.getLogger(__name__)
 LOW_WATER_INTERVAL = 1.0
+QUERY_LABEL = "query"
 
 
 @dataclass(slots=True)
@@ -53,6 +54,13 @@ class Dispatcher:
         self._records: dict[int, Record] = {}
         self._by_item: dict[str, Record] = {}
         self._by_worker: list[dict[int, Record]] = [{} for _ in range(self.pool.size)]
+        # Items a worker holds (sent, not finished) are bounded by a credit; the rest wait here per cube, so
+        # that a cube with a waiting query can be handed out ahead of other cubes' backlog. A worker's queue is
+        # FIFO: what is in it cannot be reordered any more.
+        self._held: list[OrderedDict[tuple[str, str], deque[Record]]] = [OrderedDict() for _ in range(self.pool.size)]
+        self._held_queries: list[Counter[tuple[str, str]]] = [Counter() for _ in range(self.pool.size)]
+        self._sent = [0] * self.pool.size
+        self._pump_locks = [threading.Lock() for _ in range(self.pool.size)]
         self._users: Counter[str] = Counter()
         self._cubes: Counter[tuple[str, str]] = Counter()
         self._outstanding = 0
@@ -88,24 +96,59 @@ class Dispatcher:
 
     # hand-off
     def dispatch(self, records: list[Record]) -> None:
-        """Send committed items to their cube's worker, in acceptance order."""
+        """Queue committed items for their cube's worker, in acceptance order, and hand out what credit allows."""
         if not records:
             return
         size = self.pool.size
-        per_worker: dict[int, list[Record]] = {}
+        workers: set[int] = set()
         with self._lock:
             for r in records:
                 worker = keys.shard_of(r.user_id, r.mem_cube_id, self.inbox.shards) % size
                 r.worker = worker
                 self._records[r.seq] = r
                 self._by_item[r.item_id] = r
-                self._by_worker[worker][r.seq] = r
+                cube = (r.user_id, r.mem_cube_id)
+                self._held[worker].setdefault(cube, deque()).append(r)
+                if r.label == QUERY_LABEL:
+                    self._held_queries[worker][cube] += 1
                 self._users[r.user_id] += 1
-                self._cubes[(r.user_id, r.mem_cube_id)] += 1
-                per_worker.setdefault(worker, []).append(r)
-            low_water = self._current_low_water()
-        for worker, items in per_worker.items():
-            self._send(worker, items, low_water)
+                self._cubes[cube] += 1
+                workers.add(worker)
+        for worker in workers:
+            self._pump(worker)
+
+    def _pump(self, worker: int) -> None:
+        """Hand held items to ``worker`` up to its credit: cubes with a waiting query first, then the others in
+        turn. A cube's items always leave in order, so per-cube order holds."""
+        credit = self.settings.workers.batch_size * self.settings.workers.held_batches
+        with self._pump_locks[worker]:
+            with self._lock:
+                held, queries = self._held[worker], self._held_queries[worker]
+                room = credit - self._sent[worker]
+                if room <= 0 or not held:
+                    return
+                order = sorted(held, key=lambda cube: queries[cube] == 0)
+                chunk: list[Record] = []
+                for cube in order:
+                    queue_ = held[cube]
+                    while queue_ and len(chunk) < room:
+                        r = queue_.popleft()
+                        chunk.append(r)
+                        if r.label == QUERY_LABEL:
+                            queries[cube] -= 1
+                            if not queries[cube]:
+                                del queries[cube]
+                    if queue_:
+                        held.move_to_end(cube)
+                    else:
+                        del held[cube]
+                    if len(chunk) >= room:
+                        break
+                for r in chunk:
+                    self._by_worker[worker][r.seq] = r
+                self._sent[worker] += len(chunk)
+                low_water = self._current_low_water()
+            self._send(worker, chunk, low_water)
 
     def _send(self, worker: int, records: list[Record], low_water: int) -> None:
         step = self.settings.workers.batch_size
@@ -169,13 +212,16 @@ class Dispatcher:
         if not finished:
             return
         self.finish_in_inbox([(f.record, f.state) for f in finished])
+        workers: set[int] = set()
         with self._changed:
             for f in finished:
                 r = f.record
                 if self._records.pop(r.seq, None) is None:
                     continue
                 self._by_item.pop(r.item_id, None)
-                self._by_worker[r.worker].pop(r.seq, None)
+                if self._by_worker[r.worker].pop(r.seq, None) is not None:
+                    self._sent[r.worker] -= 1
+                    workers.add(r.worker)
                 self._users[r.user_id] -= 1
                 if not self._users[r.user_id]:
                     del self._users[r.user_id]
@@ -186,28 +232,31 @@ class Dispatcher:
                 self._outstanding -= 1
             self._changed.notify_all()
         self.listener(finished)
+        for worker in workers:
+            self._pump(worker)
 
     def _on_death(self, worker: int, culprit_seq: int) -> None:
-        """The worker was replaced: charge an attempt to the item it was handling, redeliver the rest."""
+        """The worker was replaced: charge an attempt to the item it was handling, redeliver what it held
+        (before anything still held here, which is later in every cube)."""
         max_attempts = self.settings.workers.max_attempts
         failed: list[Finished] = []
-        with self._lock:
-            records = [self._by_worker[worker][s] for s in sorted(self._by_worker[worker])]
-            redeliver = []
-            for r in records:
-                if r.seq == culprit_seq:
-                    r.attempts += 1
-                    r.error = f"worker process died while handling it (attempt {r.attempts})"
-                    if r.attempts >= max_attempts:
-                        failed.append(Finished(r, TaskState.FAILED, r.error, []))
-                        continue
-                redeliver.append(r)
-            low_water = self._current_low_water()
-        log.warning("redelivering %d items of dead worker %d (culprit seq %d)", len(redeliver), worker, culprit_seq)
+        with self._pump_locks[worker]:
+            with self._lock:
+                records = [self._by_worker[worker][s] for s in sorted(self._by_worker[worker])]
+                redeliver = []
+                for r in records:
+                    if r.seq == culprit_seq:
+                        r.attempts += 1
+                        r.error = f"worker process died while handling it (attempt {r.attempts})"
+                        if r.attempts >= max_attempts:
+                            failed.append(Finished(r, TaskState.FAILED, r.error, []))
+                            continue
+                    redeliver.append(r)
+                low_water = self._current_low_water()
+            log.warning("redelivering %d items of dead worker %d (culprit seq %d)", len(redeliver), worker, culprit_seq)
+            self._send(worker, redeliver, low_water)
         self._complete(failed)
-        self._send(worker, redeliver, low_water)
 
-    # what others ask
     def redrive(self, records: list[Record]) -> None:
         """Dead letters put back in the inbox: count them as outstanding and send them out."""
         with self._changed:
@@ -218,7 +267,9 @@ class Dispatcher:
         """IN_PROGRESS with attempts and last error for an item handed to a worker, else None."""
         with self._lock:
             record = self._by_item.get(item_id)
-            return None if record is None else record.status(TaskState.IN_PROGRESS)
+            if record is None or record.seq not in self._by_worker[record.worker]:
+                return None  # still held here: the inbox says WAITING, which is what it is
+            return record.status(TaskState.IN_PROGRESS)
 
     def pending(self, user_id: str, mem_cube_id: str = "") -> int:
         with self._lock:

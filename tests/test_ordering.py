@@ -47,3 +47,18 @@ def test_a_slow_cube_does_not_hold_up_others(make_server: object, record_dir: Pa
     assert client.status(slow[0].item_id).status != 3 or elapsed < 1.5  # fast cubes finished while slow ran
     assert not client.wait_idle(cube="slow", seconds=0).idle or elapsed < 1.5
     assert client.wait_idle(cube="slow").idle
+
+
+def test_a_query_is_handed_out_ahead_of_other_cubes_backlog(make_server: object, record_dir: Path) -> None:
+    # One worker holding one batch of 4: the rest of the busy cube's 20 slow items wait in the server, and the
+    # query for another cube goes to the worker before them (its cube keeps its own order).
+    _, client = make_server(workers={"count": 1, "batch_size": 4, "held_batches": 1})  # type: ignore[operator]
+    backlog = [item(cube="busy", label="slow", content="0.2") for _ in range(20)]
+    client.stub.Submit(scheduler_pb2.SubmitRequest(items=backlog))
+    got = collect(client.session([item(cube="chat", label="query", content="what did I say?")]))
+    assert got["completions"][0].status == 3
+    assert client.wait_idle(cube="busy", seconds=0).pending > 5
+    waiting = [client.status(i.item_id).status for i in backlog[-5:]]
+    assert all(s == 1 for s in waiting), "still held in the server: WAITING, not yet IN_PROGRESS"
+    assert client.wait_idle(cube="busy").idle
+    assert (record_dir / "u1.busy").read_text().split() == [i.item_id for i in backlog]
