@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hmac
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from memsched_grpc.config import AuthConfig
@@ -73,7 +73,3 @@ class Authenticator:
                 scheme, _, rest = value.partition(" ")
                 token = rest.strip() if scheme.lower() == "bearer" else None
         return self.authenticate_token(token)
-
-
-def visible(principal: Principal, user_ids: Sequence[str]) -> list[str]:
-    return [u for u in user_ids if principal.may_act_for(u)]

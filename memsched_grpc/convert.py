@@ -78,23 +78,6 @@ def message_from_bytes(payload: bytes) -> Message:
     )
 
 
-def message_to_proto(message: Message) -> items_pb2.ScheduleMessageItem:
-    return items_pb2.ScheduleMessageItem(
-        item_id=message.item_id,
-        user_id=message.user_id,
-        mem_cube_id=message.mem_cube_id,
-        label=message.label,
-        content=message.content,
-        mem_cube=message.mem_cube,
-        timestamp=timestamp(message.timestamp),
-        session_id=message.session_id,
-        task_id=message.task_id,
-        trace_id=message.trace_id,
-        user_name=message.user_name,
-        info=struct(message.info) if message.info else None,
-    )
-
-
 def sizes_to_proto(sizes: MemorySizes) -> items_pb2.MemorySizes:
     return items_pb2.MemorySizes(**sizes.model_dump())
 

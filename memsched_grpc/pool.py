@@ -160,8 +160,5 @@ class WorkerPool:
                 q.cancel_join_thread()
                 q.close()
 
-    def pids(self) -> list[int | None]:
-        return [s.process.pid if s.process else None for s in self.slots]
-
     def restarts(self) -> int:
         return sum(s.restarts for s in self.slots)

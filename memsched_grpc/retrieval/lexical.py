@@ -120,8 +120,3 @@ class LexicalIndex:
                 norm = k1 * (1.0 - b + b * lengths[doc_id] / avg)
                 out[doc_id] = out.get(doc_id, 0.0) + qtf * idf * tf * (k1 + 1.0) / (tf + norm)
         return out
-
-    def search(self, query_tokens: Iterable[str], k: int) -> list[tuple[str, float]]:
-        """The ``k`` best documents, best first."""
-        scored = self.scores(query_tokens)
-        return sorted(scored.items(), key=lambda kv: (-kv[1], kv[0]))[:k]

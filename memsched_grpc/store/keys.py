@@ -20,11 +20,6 @@ def cube_key(user_id: str, mem_cube_id: str) -> bytes:
     return user_id.encode() + CUBE_SEP + mem_cube_id.encode()
 
 
-def split_cube_key(key: bytes) -> tuple[str, str]:
-    user, _, cube = key.partition(CUBE_SEP)
-    return user.decode(), cube.decode()
-
-
 def shard_of(user_id: str, mem_cube_id: str, shards: int) -> int:
     """Stable across processes and restarts (unlike hash())."""
     return zlib.crc32(cube_key(user_id, mem_cube_id)) % shards
