@@ -106,7 +106,12 @@ class WorkerConfig(Section):
     held_batches: int = Field(default=2, ge=1)
     """A worker holds at most this many batches of unfinished items; the rest wait in the server, per cube,
     where a cube with a waiting query is handed out first. Larger: more throughput per worker round, but a
-    query can wait behind more of other cubes' work."""
+    query can wait behind more of other cubes' work. Cubes with a waiting query may use one batch more, so
+    a query is handed out at once even when the worker's credit is spent."""
+    round_seconds: float = Field(default=0.025, gt=0)
+    """A worker's round (one transaction per shard) ends after this long, so that a query that arrived
+    meanwhile, which goes first in the next round, waits for at most this much of other cubes' work. Longer:
+    fewer commits per item under load, slower queries."""
     boot_timeout_seconds: float = Field(default=60.0, gt=0)
     max_cached_cubes: int = Field(default=512, ge=1)
     """Cubes a worker keeps loaded (state and index); the least recently used is dropped beyond it."""

@@ -14,9 +14,10 @@ import time
 from collections import Counter, OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 from memsched_grpc.config import Settings
-from memsched_grpc.inbox import Inbox, Record
+from memsched_grpc.inbox import FinishCallback, Inbox, Record, finish_now
 from memsched_grpc.models import ItemStatus, LogItem, TaskState
 from memsched_grpc.pool import WorkerPool
 from memsched_grpc.store import keys
@@ -24,6 +25,7 @@ from memsched_grpc.worker import FAILED, OK, RETRY, ResultTuple
 
 log = logging.getLogger(__name__)
 LOW_WATER_INTERVAL = 1.0
+RECORD_RETRY = 1.0  # seconds before recording finished items in the inbox again after a storage error
 QUERY_LABEL = "query"
 
 
@@ -46,8 +48,11 @@ class Dispatcher:
         self.settings = settings
         self.inbox = inbox
         self.listener = listener
-        self.finish_in_inbox: Callable[[list[tuple[Record, TaskState]]], None] = inbox.finish
+        self.finish_in_inbox: Callable[[list[tuple[Record, TaskState]], FinishCallback], None] = partial(
+            finish_now, inbox
+        )
         """How finished items reach the inbox; the scheduler routes it through the group commit."""
+        self._failures_unrecorded = 0
         self.pool = WorkerPool(settings, self._on_results, self._on_death)
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
@@ -118,20 +123,25 @@ class Dispatcher:
             self._pump(worker)
 
     def _pump(self, worker: int) -> None:
-        """Hand held items to ``worker`` up to its credit: cubes with a waiting query first, then the others in
-        turn. A cube's items always leave in order, so per-cube order holds."""
-        credit = self.settings.workers.batch_size * self.settings.workers.held_batches
+        """Hand held items to ``worker`` up to its credit: cubes with a waiting query first (one batch past the
+        credit, so a query is not kept waiting for it), then the others in turn. A cube's items always leave in
+        order, so per-cube order holds."""
+        batch = self.settings.workers.batch_size
+        credit = batch * self.settings.workers.held_batches
         with self._pump_locks[worker]:
             with self._lock:
                 held, queries = self._held[worker], self._held_queries[worker]
                 room = credit - self._sent[worker]
-                if room <= 0 or not held:
+                if room + batch <= 0 or not held:
                     return
                 order = sorted(held, key=lambda cube: queries[cube] == 0)
                 chunk: list[Record] = []
                 for cube in order:
+                    if len(chunk) >= (room + batch if queries[cube] else room):
+                        break
                     queue_ = held[cube]
-                    while queue_ and len(chunk) < room:
+                    # past the credit, a query's cube may send up to its last query, within one more batch
+                    while queue_ and (len(chunk) < room or (queries[cube] and len(chunk) < room + batch)):
                         r = queue_.popleft()
                         chunk.append(r)
                         if r.label == QUERY_LABEL:
@@ -142,8 +152,6 @@ class Dispatcher:
                         held.move_to_end(cube)
                     else:
                         del held[cube]
-                    if len(chunk) >= room:
-                        break
                 for r in chunk:
                     self._by_worker[worker][r.seq] = r
                 self._sent[worker] += len(chunk)
@@ -196,7 +204,7 @@ class Dispatcher:
             for _, results in batch:
                 for seq, outcome, error, attempts, logs, elapsed in results:
                     record = self._records.get(seq)
-                    if record is None:  # a redelivered item reported twice: the first report counted
+                    if record is None or record.outcome is not None:  # reported twice (redelivered): the first counts
                         continue
                     record.attempts = attempts
                     if outcome == RETRY:
@@ -209,11 +217,44 @@ class Dispatcher:
         self._complete(finished)
 
     def _complete(self, finished: list[Finished]) -> None:
+        """Tell listeners, and record the outcome in the inbox without waiting for it (the finisher goes on
+        with the next results). Completed items are told at once: their effects and logs are already committed
+        in the worker's shard, and a crash before the inbox records them only redelivers items whose
+        exactly-once markers stay (they are kept above the lowest unfinished seq). Failures are told after the
+        inbox recorded them, so a dead letter is listed by the time its client hears of it; while one waits,
+        later outcomes wait too, so outcomes reach listeners in the order they came."""
         if not finished:
             return
-        self.finish_in_inbox([(f.record, f.state) for f in finished])
+        with self._changed:
+            for f in finished:
+                f.record.outcome = f.state
+            failures = sum(1 for f in finished if f.state == TaskState.FAILED)
+            tell_now = not failures and not self._failures_unrecorded
+            self._failures_unrecorded += failures
+            if tell_now:
+                self._uncount(finished)
+        if tell_now:
+            self.listener(finished)
+        self.finish_in_inbox(
+            [(f.record, f.state) for f in finished], partial(self._recorded, finished, failures, not tell_now)
+        )
+
+    def _recorded(self, finished: list[Finished], failures: int, tell: bool, error: Exception | None) -> None:
+        """The inbox recorded ``finished`` (runs on its commit thread), or failed to, and it is tried again: until
+        then the items hold their place (their markers are kept, their cube's count for failures)."""
+        if error is not None:
+            log.error("recording %d finished items failed (%s); retrying in %.0f s", len(finished), error, RECORD_RETRY)
+            retry = threading.Timer(
+                RECORD_RETRY,
+                self.finish_in_inbox,
+                ([(f.record, f.state) for f in finished], partial(self._recorded, finished, failures, tell)),
+            )
+            retry.daemon = True
+            retry.start()
+            return
         workers: set[int] = set()
         with self._changed:
+            self._failures_unrecorded -= failures
             for f in finished:
                 r = f.record
                 if self._records.pop(r.seq, None) is None:
@@ -222,18 +263,28 @@ class Dispatcher:
                 if self._by_worker[r.worker].pop(r.seq, None) is not None:
                     self._sent[r.worker] -= 1
                     workers.add(r.worker)
-                self._users[r.user_id] -= 1
-                if not self._users[r.user_id]:
-                    del self._users[r.user_id]
-                cube = (r.user_id, r.mem_cube_id)
-                self._cubes[cube] -= 1
-                if not self._cubes[cube]:
-                    del self._cubes[cube]
                 self._outstanding -= 1
+            if tell:
+                self._uncount(finished)
             self._changed.notify_all()
-        self.listener(finished)
+        if tell:
+            self.listener(finished)
         for worker in workers:
             self._pump(worker)
+
+    def _uncount(self, finished: list[Finished]) -> None:
+        """Take told items off the per-user and per-cube counts (what WaitIdle and the cube listing see), so
+        that a client that heard of an outcome never sees the item pending. Called under the lock."""
+        for f in finished:
+            r = f.record
+            self._users[r.user_id] -= 1
+            if not self._users[r.user_id]:
+                del self._users[r.user_id]
+            cube = (r.user_id, r.mem_cube_id)
+            self._cubes[cube] -= 1
+            if not self._cubes[cube]:
+                del self._cubes[cube]
+        self._changed.notify_all()
 
     def _on_death(self, worker: int, culprit_seq: int) -> None:
         """The worker was replaced: charge an attempt to the item it was handling, redeliver what it held
@@ -245,6 +296,8 @@ class Dispatcher:
                 records = [self._by_worker[worker][s] for s in sorted(self._by_worker[worker])]
                 redeliver = []
                 for r in records:
+                    if r.outcome is not None:  # finished, being recorded
+                        continue
                     if r.seq == culprit_seq:
                         r.attempts += 1
                         r.error = f"worker process died while handling it (attempt {r.attempts})"
@@ -264,10 +317,15 @@ class Dispatcher:
         self.dispatch(records)
 
     def live_status(self, item_id: str) -> ItemStatus | None:
-        """IN_PROGRESS with attempts and last error for an item handed to a worker, else None."""
+        """The final state of an item finished but not yet recorded in the inbox; IN_PROGRESS with attempts and
+        last error for an item handed to a worker; else None (the inbox knows)."""
         with self._lock:
             record = self._by_item.get(item_id)
-            if record is None or record.seq not in self._by_worker[record.worker]:
+            if record is None:
+                return None
+            if record.outcome is not None:  # finished; the inbox is about to record it
+                return record.status(record.outcome, finished=True)
+            if record.seq not in self._by_worker[record.worker]:
                 return None  # still held here: the inbox says WAITING, which is what it is
             return record.status(TaskState.IN_PROGRESS)
 

@@ -58,6 +58,8 @@ class Record:
     attempts: int = 0
     error: str = ""
     worker: int = -1
+    outcome: TaskState | None = None
+    """Set once a worker reported it finished, before the inbox records that (status reads see it at once)."""
 
     def status(self, state: TaskState, finished: bool = False) -> ItemStatus:
         return ItemStatus(
@@ -343,11 +345,13 @@ class _Accept:
     callback: AcceptCallback
 
 
+FinishCallback = Callable[[Exception | None], None]
+
+
 @dataclass(slots=True)
 class _Finish:
     done: list[tuple[Record, TaskState]]
-    committed: threading.Event
-    error: Exception | None = None
+    on_committed: FinishCallback
 
 
 class GroupCommitter:
@@ -374,19 +378,14 @@ class GroupCommitter:
                 return
         callback(None, ShuttingDown("the inbox no longer accepts items"))
 
-    def finish(self, done: list[tuple[Record, TaskState]]) -> None:
-        """Finish items in the next group commit and wait for it; after stop(), in a transaction of its own."""
-        request = _Finish(done, threading.Event())
+    def finish(self, done: list[tuple[Record, TaskState]], on_committed: FinishCallback) -> None:
+        """Finish items in the next group commit; ``on_committed(error)`` runs on the commit thread after it.
+        After stop(), they commit at once in a transaction of their own."""
         with self._lock:
-            queued = self._open
-            if queued:
-                self._requests.put(request)
-        if not queued:
-            self.inbox.finish(done)
-            return
-        request.committed.wait()
-        if request.error is not None:
-            raise request.error
+            if self._open:
+                self._requests.put(_Finish(done, on_committed))
+                return
+        finish_now(self.inbox, done, on_committed)
 
     def stop(self) -> None:
         """Commit what is queued, then stop; later finishes commit on their own."""
@@ -428,15 +427,25 @@ class GroupCommitter:
             for request in accepts:
                 request.callback(None, e)
             for finish in finishes:
-                finish.error = e
-                finish.committed.set()
+                finish.on_committed(e)
             return
-        for finish in finishes:
-            finish.committed.set()
         # Callbacks first: they register where each item's logs go and queue the acks, so no completion
         # can overtake its own ack.
         offset = 0
         for request in accepts:
             request.callback(records[offset : offset + len(request.items)], None)
             offset += len(request.items)
+        for finish in finishes:
+            finish.on_committed(None)
         self.after_commit([r for r in records if r is not None])
+
+
+def finish_now(inbox: Inbox, done: list[tuple[Record, TaskState]], on_committed: FinishCallback) -> None:
+    """Finish items in a transaction of their own, then report like the group commit does."""
+    try:
+        inbox.finish(done)
+    except (StorageError, lmdb.Error) as e:
+        log.error("inbox commit of %d finishes failed: %s", len(done), e)
+        on_committed(e)
+        return
+    on_committed(None)

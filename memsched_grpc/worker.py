@@ -38,6 +38,8 @@ OK, RETRY, FAILED = "ok", "retry", "failed"
 ResultTuple = tuple[int, str, str, int, list[bytes], float]  # (seq, outcome, error, attempts, logs as JSON, seconds)
 
 PRUNE_INTERVAL = 5.0
+QUERY_LABEL = "query"
+POLL_INTERVAL = 0.001  # how often a round looks for newly arrived work (a query ends the round)
 
 
 class TaskSource(Protocol):
@@ -70,6 +72,11 @@ class Worker:
         self.blocked: dict[bytes, float] = {}
         self.low_water = 0
         self.stopping = False
+        self._round_ends = 0.0
+        self._handled_in_round = 0
+        self._cut = False
+        self._urgent: dict[bytes, int] = {}
+        self._polled_at = 0.0
         self._last_prune: dict[int, float] = {}
 
     # the loop
@@ -107,6 +114,9 @@ class Worker:
                 message = convert.message_from_bytes(payload)
                 cube = keys.cube_key(message.user_id, message.mem_cube_id)
                 self.queues.setdefault(cube, deque()).append(Pending(seq, attempts, message))
+                if message.label == QUERY_LABEL:  # someone waits for it: the round ends soon, its cube goes first
+                    self.queues.move_to_end(cube, last=False)
+                    self._cut = True
             try:
                 batch = self.tasks.get(block=False)
             except Empty:
@@ -118,19 +128,49 @@ class Worker:
             if until <= now:
                 del self.blocked[cube]
         budget = self.settings.workers.batch_size
+        self._round_ends = now + self.settings.workers.round_seconds
+        self._handled_in_round = 0
+        self._cut = False
+        self._urgent.clear()
         by_shard: dict[int, list[tuple[bytes, list[Pending]]]] = {}
         for cube, queue in list(self.queues.items()):
             if cube in self.blocked or budget <= 0:
                 continue
             take = [queue.popleft() for _ in range(min(budget, len(queue)))]
             budget -= len(take)
+            queries = sum(1 for p in take if p.message.label == QUERY_LABEL)
+            if queries:
+                self._urgent[cube] = queries
             if not queue:
                 del self.queues[cube]
             first = take[0].message
             shard = self.shards.shard_of(first.user_id, first.mem_cube_id)
             by_shard.setdefault(shard, []).append((cube, take))
         for shard, work in by_shard.items():
+            if self._round_over(None):
+                for cube_key, items in work:
+                    self._requeue(cube_key, items)
+                continue
             self._process_shard(shard, work)
+
+    def _round_over(self, cube: bytes | None) -> bool:
+        """A round ends early, so that a query is not kept waiting by other cubes' work: when its time is up,
+        when a query was handled (its result goes out with this commit) or when one arrived meanwhile. A cube
+        still holding a query of this round is finished first; a round always handles at least one item."""
+        if not self._handled_in_round or (cube is not None and cube in self._urgent):
+            return False
+        now = time.monotonic()
+        if now - self._polled_at > POLL_INTERVAL:
+            self._polled_at = now
+            if not self._receive(0.0):
+                self.stopping = True
+        return self._cut or now > self._round_ends
+
+    def _requeue(self, cube_key: bytes, items: list[Pending]) -> None:
+        queue = self.queues.setdefault(cube_key, deque())
+        queue.extendleft(reversed(items))
+        if any(p.message.label == QUERY_LABEL for p in items):
+            self.queues.move_to_end(cube_key, last=False)
 
     # one transaction per shard and batch
     def _process_shard(self, shard: int, work: list[tuple[bytes, list[Pending]]]) -> None:
@@ -161,9 +201,7 @@ class Worker:
                 self.cubes.pop(cube_key, None)
                 self._fail(cube_key, items, f"storage: {e}", plan)
         for cube_key, items in plan.requeue:
-            queue = self.queues.setdefault(cube_key, deque())
-            queue.extendleft(reversed(items))
-            self.queues.move_to_end(cube_key, last=False)
+            self._requeue(cube_key, items)
         self.blocked.update(plan.blocked)
         if plan.results:
             self.results.put(plan.results)
@@ -172,9 +210,18 @@ class Worker:
         self, tables: CubeTables, txn: lmdb.Transaction, cube_key: bytes, items: list[Pending], plan: _Plan
     ) -> None:
         for i, pending in enumerate(items):
-            if self.stopping:  # asked to stop: commit what is done, the rest stays in the inbox
+            if self._round_over(cube_key) or self.stopping:
+                # the round is over, or asked to stop: commit what is done, the rest waits for the next round
                 plan.requeue.append((cube_key, items[i:]))
                 return
+            self._handled_in_round += 1
+            if pending.message.label == QUERY_LABEL:
+                self._cut = True
+                left = self._urgent.get(cube_key, 0) - 1
+                if left > 0:
+                    self._urgent[cube_key] = left
+                else:
+                    self._urgent.pop(cube_key, None)
             message = pending.message
             if self.current is not None:
                 self.current.value = pending.seq

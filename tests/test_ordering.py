@@ -62,3 +62,20 @@ def test_a_query_is_handed_out_ahead_of_other_cubes_backlog(make_server: object,
     assert all(s == 1 for s in waiting), "still held in the server: WAITING, not yet IN_PROGRESS"
     assert client.wait_idle(cube="busy").idle
     assert (record_dir / "u1.busy").read_text().split() == [i.item_id for i in backlog]
+
+
+def test_a_query_cuts_the_workers_round_short(make_server: object, record_dir: Path) -> None:
+    # The worker already holds all 40 slow items of the busy cube (one round's worth), so the query is handed
+    # out past the spent credit and the running round ends after the current item: the query does not wait
+    # for the rest of the round, and the busy cube's order holds.
+    _, client = make_server(workers={"count": 1, "batch_size": 40, "held_batches": 1})  # type: ignore[operator]
+    backlog = [item(cube="busy", label="slow", content="0.1") for _ in range(40)]
+    client.stub.Submit(scheduler_pb2.SubmitRequest(items=backlog))
+    deadline = time.monotonic() + 10
+    while client.status(backlog[0].item_id).status != 2 and time.monotonic() < deadline:  # IN_PROGRESS
+        time.sleep(0.01)
+    got = collect(client.session([item(cube="chat", label="query", content="what did I say?")]))
+    assert got["completions"][0].status == 3
+    assert client.wait_idle(cube="busy", seconds=0).pending > 20, "answered before most of the round ran"
+    assert client.wait_idle(cube="busy").idle
+    assert (record_dir / "u1.busy").read_text().split() == [i.item_id for i in backlog]
