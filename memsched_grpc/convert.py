@@ -6,12 +6,14 @@ from datetime import UTC, datetime
 from typing import Any
 
 from google.protobuf import json_format
+from google.protobuf.message import Message as Message_
 from google.protobuf.struct_pb2 import Struct
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from memsched.v1 import items_pb2, scheduler_pb2
 from memsched_grpc.models import (
     ItemStatus,
+    LogEntry,
     LogItem,
     MemoryCapacities,
     MemoryItem,
@@ -39,6 +41,7 @@ STATE_TO_PROTO: dict[TaskState, items_pb2.TaskStatus.ValueType] = {
     TaskState.COMPLETED: items_pb2.TASK_STATUS_COMPLETED,
     TaskState.FAILED: items_pb2.TASK_STATUS_FAILED,
 }
+STATE_FROM_PROTO = {v: k for k, v in STATE_TO_PROTO.items()}
 
 
 def timestamp(value: datetime | float | None) -> Timestamp:
@@ -141,6 +144,54 @@ def log_to_proto(log: LogItem) -> items_pb2.ScheduleLogForWebItem:
         source_item_id=log.source_item_id,
         sequence=log.sequence,
     )
+
+
+def log_from_proto(log: items_pb2.ScheduleLogForWebItem) -> LogItem:
+    """The inverse of log_to_proto, for readers of forwarded log items (a memory's metadata carries only what
+    MemoryMetadata has)."""
+    return LogItem(
+        item_id=log.item_id,
+        user_id=log.user_id,
+        mem_cube_id=log.mem_cube_id,
+        label=log.label,
+        from_memory_type=MEMORY_TYPE_FROM_PROTO[log.from_memory_type],
+        to_memory_type=MEMORY_TYPE_FROM_PROTO[log.to_memory_type],
+        log_content=log.log_content,
+        current_memory_sizes=MemorySizes(**_fields(log.current_memory_sizes)),
+        memory_capacities=MemoryCapacities(**_fields(log.memory_capacities)),
+        timestamp=log.timestamp.ToDatetime(tzinfo=UTC),
+        task_id=log.task_id,
+        status=STATE_FROM_PROTO[log.status],
+        memcube_name=log.memcube_name,
+        memory_len=log.memory_len,
+        memcube_log_content=[
+            LogEntry(
+                content=e.content,
+                ref_id=e.ref_id,
+                from_memory_type=MEMORY_TYPE_FROM_PROTO[e.from_memory_type],
+                to_memory_type=MEMORY_TYPE_FROM_PROTO[e.to_memory_type],
+            )
+            for e in log.memcube_log_content
+        ],
+        metadata=[
+            MemoryItem(
+                id=m.id,
+                key=m.key,
+                memory=m.memory,
+                memory_type=MEMORY_TYPE_FROM_PROTO[m.memory_type],
+                tags=list(m.tags),
+                updated_at=m.updated_at.ToDatetime(tzinfo=UTC),
+            )
+            for m in log.metadata
+        ],
+        source_item_id=log.source_item_id,
+        sequence=log.sequence,
+    )
+
+
+def _fields(message: Message_) -> dict[str, Any]:
+    """Every field, zeros included (ListFields would drop them, and a missing size would read as -1)."""
+    return {field.name: getattr(message, field.name) for field in message.DESCRIPTOR.fields}
 
 
 def status_to_proto(status: ItemStatus) -> scheduler_pb2.ItemStatus:

@@ -17,8 +17,9 @@ from dataclasses import dataclass
 from functools import partial
 
 from memsched_grpc.config import Settings
+from memsched_grpc.encoded_log import EncodedLog
 from memsched_grpc.inbox import FinishCallback, Inbox, Record, finish_now
-from memsched_grpc.models import ItemStatus, LogItem, TaskState
+from memsched_grpc.models import ItemStatus, TaskState
 from memsched_grpc.pool import WorkerPool
 from memsched_grpc.store import keys
 from memsched_grpc.worker import FAILED, OK, RETRY, ResultTuple
@@ -36,7 +37,7 @@ class Finished:
     record: Record
     state: TaskState
     error: str
-    logs: list[LogItem]
+    logs: list[EncodedLog]
     handler_seconds: float = 0.0
 
 
@@ -212,8 +213,7 @@ class Dispatcher:
                         continue
                     state = TaskState.COMPLETED if outcome == OK else TaskState.FAILED
                     record.error = error if outcome == FAILED else ""
-                    parsed = [LogItem.model_validate_json(j) for j in logs]
-                    finished.append(Finished(record, state, record.error, parsed, elapsed))
+                    finished.append(Finished(record, state, record.error, logs, elapsed))
         self._complete(finished)
 
     def _complete(self, finished: list[Finished]) -> None:

@@ -8,7 +8,7 @@ import queue
 import threading
 from collections.abc import Iterable
 
-from memsched_grpc.models import LogItem
+from memsched_grpc.encoded_log import EncodedLog
 
 WATCH_QUEUE_ITEMS = 10_000
 
@@ -23,23 +23,23 @@ class Subscription:
         self.user_id = user_id
         self.mem_cube_id = mem_cube_id
         self.labels = frozenset(labels)
-        self._queue: queue.Queue[LogItem | None] = queue.Queue(WATCH_QUEUE_ITEMS)
+        self._queue: queue.Queue[EncodedLog | None] = queue.Queue(WATCH_QUEUE_ITEMS)
         self.overflowed = False
         self.closed = False
 
-    def matches(self, log: LogItem) -> bool:
+    def matches(self, log: EncodedLog) -> bool:
         return (not self.mem_cube_id or log.mem_cube_id == self.mem_cube_id) and (
             not self.labels or log.label in self.labels
         )
 
-    def offer(self, log: LogItem) -> None:
+    def offer(self, log: EncodedLog) -> None:
         try:
             self._queue.put_nowait(log)
         except queue.Full:
             self.overflowed = True
             self.feed.unsubscribe(self)
 
-    def get(self, timeout: float) -> list[LogItem]:
+    def get(self, timeout: float) -> list[EncodedLog]:
         """Log items that arrived, waiting up to ``timeout`` for the first. Raises WatcherOverflow."""
         if self.overflowed:
             raise WatcherOverflow(f"watcher fell {WATCH_QUEUE_ITEMS} log items behind; watch again with replay")
@@ -83,7 +83,7 @@ class Feed:
                 if not subs:
                     del self._by_user[sub.user_id]
 
-    def publish(self, logs: Iterable[LogItem]) -> None:
+    def publish(self, logs: Iterable[EncodedLog]) -> None:
         with self._lock:
             targets = [(log, list(self._by_user.get(log.user_id, ()))) for log in logs]
         for log, subs in targets:

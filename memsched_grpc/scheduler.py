@@ -17,6 +17,7 @@ from memsched_grpc import __version__
 from memsched_grpc.auth import ANONYMOUS, Principal
 from memsched_grpc.config import Settings
 from memsched_grpc.dispatcher import Dispatcher, Finished
+from memsched_grpc.encoded_log import EncodedLog
 from memsched_grpc.errors import InvalidItem, InvalidRequest, NotFound, Overloaded, ShuttingDown, StorageError
 from memsched_grpc.feed import Feed, Subscription
 from memsched_grpc.handlers import build_registry, registered_labels
@@ -375,11 +376,11 @@ class MemScheduler:
 
     def watch(
         self, user_id: str, mem_cube_id: str, labels: Sequence[str], replay: int
-    ) -> tuple[Subscription, list[LogItem]]:
+    ) -> tuple[Subscription, list[EncodedLog]]:
         """Subscribe first, then read history, so nothing falls between replay and live items."""
         sub = self.feed.subscribe(user_id, mem_cube_id, labels)
-        replayed = [log for log in self.history(user_id, mem_cube_id, replay) if sub.matches(log)]
-        return sub, replayed
+        history = (EncodedLog.of(log) for log in self.history(user_id, mem_cube_id, replay))
+        return sub, [log for log in history if sub.matches(log)]
 
     def list_cubes(self, user_id: str) -> list[CubeSummary]:
         """Every cube with stored state (of one user, or all), with its pending count."""

@@ -13,9 +13,10 @@ from memsched.v1 import items_pb2, scheduler_pb2, scheduler_pb2_grpc
 from memsched_grpc import convert
 from memsched_grpc.auth import Authenticator, Principal
 from memsched_grpc.config import AuthConfig
+from memsched_grpc.encoded_log import EncodedLog
 from memsched_grpc.errors import InvalidRequest, MemschedError, NotFound
 from memsched_grpc.feed import Subscription, WatcherOverflow
-from memsched_grpc.models import LogItem, MemoryType, cube_sizes
+from memsched_grpc.models import MemoryType, cube_sizes
 from memsched_grpc.scheduler import MemScheduler
 from memsched_grpc.session import Ack, Completion, Event, Rejection
 from memsched_grpc.status import abort
@@ -109,7 +110,7 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
     ) -> Iterator[scheduler_pb2.WatchLogsResponse]:
         self._for_user(context, request.user_id)
 
-        def start() -> tuple[Subscription, list[LogItem]]:
+        def start() -> tuple[Subscription, list[EncodedLog]]:
             if request.replay < 0:
                 raise InvalidRequest("replay", "must not be negative")
             return self.scheduler.watch(request.user_id, request.mem_cube_id, list(request.labels), request.replay)
@@ -122,7 +123,7 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
                 chunk = replayed[i : i + 500]
                 for item in chunk:
                     last_seen[item.mem_cube_id] = item.sequence
-                yield scheduler_pb2.WatchLogsResponse(logs=[convert.log_to_proto(x) for x in chunk])
+                yield _watch_response(chunk)
             while context.is_active() and not sub.closed:
                 try:
                     logs = sub.get(POLL_SECONDS)
@@ -130,7 +131,7 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
                     context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(e))
                 fresh = [x for x in logs if x.sequence > last_seen.get(x.mem_cube_id, 0)]
                 if fresh:
-                    yield scheduler_pb2.WatchLogsResponse(logs=[convert.log_to_proto(x) for x in fresh])
+                    yield _watch_response(fresh)
         finally:
             sub.close()
 
@@ -337,5 +338,13 @@ def _session_response(events: list[Event]) -> scheduler_pb2.SessionResponse:
                 item_id=event.item_id, status=convert.STATE_TO_PROTO[event.state], error=event.error
             )
         else:
-            response.logs.append(convert.log_to_proto(event))
+            response.logs.add().MergeFromString(event.data)
+    return response
+
+
+def _watch_response(logs: list[EncodedLog]) -> scheduler_pb2.WatchLogsResponse:
+    response = scheduler_pb2.WatchLogsResponse()
+    add = response.logs.add
+    for log in logs:
+        add().MergeFromString(log.data)
     return response

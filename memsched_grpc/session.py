@@ -7,7 +7,8 @@ import queue
 import threading
 from dataclasses import dataclass
 
-from memsched_grpc.models import LogItem, RejectCode, TaskState
+from memsched_grpc.encoded_log import EncodedLog
+from memsched_grpc.models import RejectCode, TaskState
 
 
 @dataclass(slots=True, frozen=True)
@@ -32,7 +33,7 @@ class Completion:
     error: str = ""
 
 
-Event = Ack | Rejection | Completion | LogItem
+Event = Ack | Rejection | Completion | EncodedLog
 
 
 class Session:
@@ -61,7 +62,7 @@ class Session:
             self._unfinished -= count
             self._maybe_end()
 
-    def finished(self, completion: Completion, logs: list[LogItem]) -> None:
+    def finished(self, completion: Completion, logs: list[EncodedLog]) -> None:
         self.emit([*logs, completion])
         with self._lock:
             self._unfinished -= 1

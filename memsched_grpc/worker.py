@@ -21,6 +21,7 @@ import lmdb
 from memsched_grpc import convert
 from memsched_grpc.config import Settings
 from memsched_grpc.cube import Cube
+from memsched_grpc.encoded_log import EncodedLog
 from memsched_grpc.errors import PermanentError, StorageError
 from memsched_grpc.handlers import Handler, HandlerContext, build_registry
 from memsched_grpc.logging_setup import configure_logging
@@ -35,7 +36,7 @@ log = logging.getLogger(__name__)
 TaskTuple = tuple[int, int, bytes]  # (inbox seq, attempts so far, ScheduleMessageItem bytes)
 Batch = tuple[int, list[TaskTuple]]  # (inbox low-water seq, tasks)
 OK, RETRY, FAILED = "ok", "retry", "failed"
-ResultTuple = tuple[int, str, str, int, list[bytes], float]  # (seq, outcome, error, attempts, logs as JSON, seconds)
+ResultTuple = tuple[int, str, str, int, list[EncodedLog], float]  # (seq, outcome, error, attempts, logs, seconds)
 
 PRUNE_INTERVAL = 5.0
 QUERY_LABEL = "query"
@@ -260,7 +261,7 @@ class Worker:
                 cube_ref = self.cubes.get(cube_key)
                 if cube_ref is not None:
                     cube_ref.txn = None
-            logs = [log.model_dump_json().encode() for log in ctx.logs]
+            logs = [EncodedLog.of(log) for log in ctx.logs]
             plan.results.append((pending.seq, OK, "", pending.attempts + 1, logs, time.perf_counter() - started))
 
     def _fail(

@@ -25,9 +25,10 @@ from urllib.parse import parse_qs, urlsplit
 from memsched_grpc.addresses import is_loopback_host, split_address
 from memsched_grpc.auth import Authenticator, Unauthenticated
 from memsched_grpc.config import WebConfig
+from memsched_grpc.encoded_log import EncodedLog
 from memsched_grpc.errors import ConfigError, NotFound
 from memsched_grpc.feed import Subscription, WatcherOverflow
-from memsched_grpc.models import LogItem, MemoryType
+from memsched_grpc.models import MemoryType
 from memsched_grpc.scheduler import MemScheduler
 from memsched_grpc.web import views
 from memsched_grpc.web.hub import Event, Hub, HubClosed, MayRead, Stream, TooManyStreams
@@ -361,10 +362,10 @@ class _Handler(BaseHTTPRequestHandler):
             if refresh and cube is not None:  # something of this cube finished: one read for the whole batch
                 self._event("cube", self.dashboard.cube(*cube))
 
-    def _logs(self, logs: list[LogItem], causes: dict[str, str]) -> list[dict[str, Any]]:
+    def _logs(self, logs: list[EncodedLog], causes: dict[str, str]) -> list[dict[str, Any]]:
         """Feed rows, each with the label of the message that caused it (looked up once per message)."""
         out = []
-        for item in logs:
+        for item in (log.item() for log in logs):
             source = item.source_item_id
             if source not in causes:
                 try:

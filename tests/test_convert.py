@@ -1,0 +1,50 @@
+"""Log items travel from the worker to the clients as protobuf bytes; whoever decodes them (the dashboard)
+must get back what the handler logged."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from memsched_grpc.encoded_log import EncodedLog
+from memsched_grpc.models import (
+    LogEntry,
+    LogItem,
+    MemoryCapacities,
+    MemoryItem,
+    MemorySizes,
+    MemoryType,
+    TaskState,
+)
+
+
+def test_encoded_log_round_trips() -> None:
+    when = datetime(2026, 11, 25, 12, 30, 1, 250_000, tzinfo=UTC)
+    item = LogItem(
+        item_id="i1",
+        user_id="ann",
+        mem_cube_id="pets",
+        label="query",
+        from_memory_type=MemoryType.LONG_TERM,
+        to_memory_type=MemoryType.WORKING,
+        log_content="His name is Max",
+        # zeros must survive: a missing size would read back as -1 ("not initialised")
+        current_memory_sizes=MemorySizes(
+            long_term_memory_size=0, user_memory_size=3, working_memory_size=1, transformed_act_memory_size=0
+        ),
+        memory_capacities=MemoryCapacities(working_memory_capacity=7),
+        timestamp=when,
+        task_id="t1",
+        status=TaskState.COMPLETED,
+        memcube_name="pets",
+        memory_len=15,
+        memcube_log_content=[LogEntry(content="x", ref_id="m1", from_memory_type=MemoryType.LONG_TERM)],
+        metadata=[MemoryItem(id="m1", memory="His name is Max", key="dog", tags=["pet"], updated_at=when)],
+        source_item_id="q1",
+        sequence=42,
+    )
+    encoded = EncodedLog.of(item)
+    assert (encoded.user_id, encoded.mem_cube_id, encoded.label, encoded.sequence) == ("ann", "pets", "query", 42)
+    back = encoded.item()
+    assert back.model_dump(exclude={"metadata"}) == item.model_dump(exclude={"metadata"})
+    m = back.metadata[0]
+    assert (m.id, m.memory, m.key, m.tags, m.updated_at) == ("m1", "His name is Max", "dog", ["pet"], when)
