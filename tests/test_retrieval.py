@@ -20,7 +20,7 @@ from memsched_grpc.models import MemoryItem
 from memsched_grpc.retrieval import dates
 from memsched_grpc.retrieval.lexical import LexicalIndex
 from memsched_grpc.retrieval.retriever import SIGNALS, Retriever
-from memsched_grpc.retrieval.settings import RetrievalConfig
+from memsched_grpc.retrieval.settings import FusionWeights, RetrievalConfig
 from tests.conftest import Client, collect, item
 
 MARCH = "2:00 pm on 3 March, 2023"
@@ -135,7 +135,7 @@ def test_retrieval_settings_come_from_yaml_and_environment(tmp_path: Path, monke
     monkeypatch.setenv("MEMSCHED_SCHEDULER__RETRIEVAL__LLM__TIMEOUT_SECONDS", "0.5")
     retrieval = load_settings(path).scheduler.retrieval
     assert (retrieval.b, retrieval.weights.speaker, retrieval.reranker.top_n) == (0.4, 2.0, 7)
-    assert retrieval.weights.lexical == 1.0  # the rest of a nested section keeps its defaults
+    assert retrieval.weights.lexical == FusionWeights().lexical  # the rest of a nested section keeps its defaults
     assert (retrieval.date_scale_days, retrieval.llm.timeout_seconds) == (3.0, 0.5)
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 
 class LexicalIndex:
@@ -102,8 +102,21 @@ class LexicalIndex:
                     return list(out)
         return list(out)
 
+    def idf(self, term: str) -> float:
+        """BM25's idf of ``term`` (0 when no document holds it)."""
+        posting = self._postings.get(term)
+        if not posting:
+            return 0.0
+        n = len(self._lengths)
+        return math.log(1.0 + (n - len(posting) + 0.5) / (len(posting) + 0.5))
+
     def scores(self, query_tokens: Iterable[str]) -> dict[str, float]:
         """BM25 score of every document that shares a term with the query."""
+        return self.weighted_scores(Counter(query_tokens))
+
+    def weighted_scores(self, term_weights: Mapping[str, float]) -> dict[str, float]:
+        """BM25 with a weight per query term (a repeated query word weighs its count): an expanded query's terms
+        weigh what the expansion gave them."""
         n = len(self._lengths)
         if n == 0:
             return {}
@@ -111,7 +124,7 @@ class LexicalIndex:
         k1, b = self.k1, self.b
         lengths = self._lengths
         out: dict[str, float] = {}
-        for term, qtf in Counter(query_tokens).items():
+        for term, qtf in term_weights.items():
             posting = self._postings.get(term)
             if not posting:
                 continue

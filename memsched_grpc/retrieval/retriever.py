@@ -1,4 +1,4 @@
-"""The cube's retriever: BM25 over memories plus the conversation around each memory, fused linearly.
+"""The cube's retriever: BM25 over memories plus the conversation around each memory, fused linearly in two stages.
 
 A question rarely shares many words with the turn that answers it; it shares them with the turn before ("What did
 you research?" / "Adoption agencies."), with the session the answer sits in, with the person it names and with
@@ -15,12 +15,22 @@ when (``session_date``/``date``/``timestamp``, else created_at) and insertion or
 - length, session_start, time_mention: what the memory is like, whatever the query: log of its length, whether it
   opens its session, whether it mentions a time ("yesterday", "last week", "ago"). Turns that report news carry
   the facts people ask about later; greetings and short replies do not;
+- first_person, second_person, question, names, number (priors too): the share of "I/my/we" and of "you/your"
+  words (people are asked about what they said about themselves, not about what they said to the other), whether
+  the memory is a question, how many capitalised names it holds (up to 3) and whether it holds a number;
+- latent, previous_latent, next_latent (second stage): cosine, in the cube's own LSA space (retrieval/latent.py),
+  of the memory's window with the query plus the centroid of the first stage's best memories, min-max scaled;
+- feedback, previous_feedback, next_feedback (second stage): BM25 of the distinctive terms of the first stage's
+  best memories (pseudo-relevance feedback), the query's own terms left out: the other halves of a multi-hop
+  answer share words with the first half rather than with the question;
 - dense, previous_dense, next_dense: cosine with the query under the configured embedder, min-max scaled over the
   cube, of the memory and of its neighbours (optional).
 
-The fused score is the weighted sum (weights fitted, see FusionWeights). Everything is incremental: adding a memory
-touches its postings, its session's postings and two neighbour links; a query is one BM25 pass over postings
-plus a few vector operations over the cube, well under a millisecond at conversation sizes.
+The first stage ranks by the lexical and conversational signals (``first_stage`` weights); its ``feedback_docs``
+best memories feed the second-stage signals, and the fused score is the weighted sum of all of them (``weights``,
+fitted, see FusionWeights). Everything is incremental: adding a memory touches its postings, its session's
+postings, two neighbour links and (between refits of the latent space) three latent projections; a query is two
+BM25 passes over postings plus a few vector operations over the cube, about a millisecond at conversation sizes.
 """
 
 from __future__ import annotations
@@ -40,6 +50,7 @@ import numpy.typing as npt
 from memsched_grpc.models import MemoryItem
 from memsched_grpc.retrieval import dates
 from memsched_grpc.retrieval.embedders import Embedder, EmbeddingError, Matrix
+from memsched_grpc.retrieval.latent import LatentIndex
 from memsched_grpc.retrieval.lexical import LexicalIndex
 from memsched_grpc.retrieval.settings import FusionWeights, RetrievalConfig
 from memsched_grpc.retrieval.tokenizer import STOPWORDS, stem, tokenize, words
@@ -57,12 +68,30 @@ SIGNALS = (
     "length",
     "session_start",
     "time_mention",
+    "first_person",
+    "second_person",
+    "question",
+    "names",
+    "number",
+    "latent",
+    "previous_latent",
+    "next_latent",
+    "feedback",
+    "previous_feedback",
+    "next_feedback",
     "dense",
     "previous_dense",
     "next_dense",
 )
 _COLUMN = {name: i for i, name in enumerate(SIGNALS)}
-MATCHES = [_COLUMN[n] for n in ("lexical", "previous", "next", "previous2", "speaker", "date", "dense")]
+PRIORS = ("first_person", "second_person", "question", "names", "number")
+_PRIOR_COLUMNS = [_COLUMN[n] for n in PRIORS]
+FIRST_STAGE = [_COLUMN[n] for n in SIGNALS[: SIGNALS.index("time_mention") + 1]]
+"""Signals the first stage ranks by: the lexical and conversational ones (the priors, the feedback and latent
+signals and the dense model are the second stage's)."""
+MATCHES = [
+    _COLUMN[n] for n in ("lexical", "previous", "next", "previous2", "speaker", "date", "latent", "feedback", "dense")
+]
 """Signals that tie a memory to the query itself. A memory with none of them has relevance 0, whatever its
 session's score or its priors: it is not a candidate, and it does not outrank memories that match."""
 TIME_MENTION = re.compile(
@@ -70,6 +99,13 @@ TIME_MENTION = re.compile(
     r"|(?:last|next|this)\s+(?:week|weekend|month|year|night|time|morning|summer|winter|spring|fall))\b",
     re.IGNORECASE,
 )
+FIRST_PERSON = frozenset(
+    ["i", "i'm", "i've", "i'd", "i'll", "my", "me", "mine", "myself", "we", "we're", "we've", "our", "us"]
+)
+SECOND_PERSON = frozenset(["you", "you're", "you've", "your", "yours", "yourself", "you'll", "you'd"])
+NAME = re.compile(r"(?<![.!?]\s)\b[A-Z][a-z]+")
+"""A capitalised word not opening a sentence: a name, a place, a title."""
+NAMES_CAP = 3
 LENGTH_SCALE = 5.0
 """log(1 + tokens) / LENGTH_SCALE keeps the length signal near 0..1 for chat-sized memories."""
 EMBED_RETRY_PER_QUERY = 64
@@ -157,6 +193,9 @@ class Retriever:
         self._alive = np.zeros(cap, dtype=bool)
         self._length = np.zeros(cap, dtype=np.float64)
         self._time_mention = np.zeros(cap, dtype=np.float64)
+        self._priors = np.zeros((cap, len(PRIORS)), dtype=np.float64)
+        self.latent = LatentIndex(config.latent_dimensions, config.latent_refit_growth, config.latent_fit_limit)
+        self.latent.ensure_capacity(cap)
         self._vectors: Matrix | None = None
         self._has_vector = np.zeros(cap, dtype=bool)
 
@@ -175,6 +214,8 @@ class Retriever:
         slots = [s for s in (self._add_one(item) for item in items) if s is not None]
         if self.embedder is not None and slots:
             self._embed_slots(slots)
+        if slots:
+            self._update_latent(slots)
 
     def remove(self, memory_id: str) -> None:
         slot = self._slot.pop(memory_id, None)
@@ -199,6 +240,11 @@ class Retriever:
         if after >= 0:
             self._prev[after] = before
         self._prev[slot] = self._next[slot] = -1
+        self.latent.forget(slot)
+        self.latent.changed()
+        for neighbour in (before, after):
+            if neighbour >= 0:
+                self.latent.fold_in(neighbour, self._window(neighbour))
         if not math.isnan(self._day[slot]):
             year = dates.year_of(int(self._day[slot]))
             self._years[year] -= 1
@@ -233,6 +279,8 @@ class Retriever:
         tokens = tokenize(text)
         self._length[slot] = math.log1p(len(tokens)) / LENGTH_SCALE
         self._time_mention[slot] = 1.0 if TIME_MENTION.search(item.memory) else 0.0
+        self._priors[slot] = self._prior_row(item.memory)
+        self.latent.changed()
         self._tokens[slot] = tokens
         self._texts[slot] = text
         self.index.add(item.id, tokens)
@@ -306,6 +354,8 @@ class Retriever:
         self._alive = grow(self._alive, False)
         self._length = grow(self._length, 0.0)
         self._time_mention = grow(self._time_mention, 0.0)
+        self._priors = grow(self._priors, 0.0)
+        self.latent.ensure_capacity(new)
         self._has_vector = grow(self._has_vector, False)
         if self._vectors is not None:
             self._vectors = grow(self._vectors, 0.0)
@@ -328,6 +378,8 @@ class Retriever:
         self._day = keep(self._day, np.nan)
         self._length = keep(self._length, 0.0)
         self._time_mention = keep(self._time_mention, 0.0)
+        self._priors = keep(self._priors, 0.0)
+        self.latent.keep(live, len(self._alive))
         self._prev = keep(renumber[self._prev[: len(self._alive)]], -1)
         self._next = keep(renumber[self._next[: len(self._alive)]], -1)
         self._has_vector = keep(self._has_vector, False)
@@ -342,6 +394,46 @@ class Retriever:
         self._pending_vectors = {old_to_new[s] for s in self._pending_vectors}
         for _, members in self._members:
             members[:] = [old_to_new[s] for s in members]
+
+    def _prior_row(self, text: str) -> list[float]:
+        """The query-independent priors of a memory's text, in PRIORS order (see the module docstring)."""
+        said = words(text)
+        count = max(len(said), 1)
+        known = self._speakers_by_word
+        names = sum(1 for n in NAME.findall(text) if n.lower() not in known)
+        return [
+            sum(1 for w in said if w in FIRST_PERSON) / count,
+            sum(1 for w in said if w in SECOND_PERSON) / count,
+            1.0 if text.rstrip().endswith("?") else 0.0,
+            min(names, NAMES_CAP) / NAMES_CAP,
+            1.0 if any(c.isdigit() for c in text) else 0.0,
+        ]
+
+    def _window(self, slot: int) -> list[str]:
+        """The tokens a memory is placed in the latent space by: its own and its two session neighbours'."""
+        out = list(self._tokens.get(slot, ()))
+        for neighbour in (int(self._prev[slot]), int(self._next[slot])):
+            if neighbour >= 0:
+                out.extend(self._tokens.get(neighbour, ()))
+        return out
+
+    def _update_latent(self, slots: list[int]) -> None:
+        """Refit the latent space when the cube changed enough since its fit, else fold the new memories in (and
+        their neighbours, whose windows now hold them)."""
+        if self.config.latent_dimensions <= 0:
+            return
+        live = [int(s) for s in np.flatnonzero(self._alive[: len(self._ids)])]
+        if self.latent.stale(len(live)):
+            self.latent.refit(live, self._window)
+            return
+        if self.latent.space is None:
+            return
+        touched = set(slots)
+        for slot in slots:
+            touched.update(n for n in (int(self._prev[slot]), int(self._next[slot])) if n >= 0)
+        for slot in touched:
+            if self._alive[slot]:
+                self.latent.fold_in(slot, self._window(slot))
 
     def _embed_slots(self, slots: list[int]) -> bool:
         """Embed the memories in ``slots``; on failure they wait in _pending_vectors for a later try."""
@@ -378,8 +470,13 @@ class Retriever:
                 matched.add(word)
         return named, matched
 
-    def signals(self, query: str, extra_terms: Sequence[str] = ()) -> tuple[Floats, bool]:
-        """The signal matrix (one row per slot, one column per SIGNALS entry) and whether ``dense`` is live."""
+    def signals(
+        self, query: str, extra_terms: Sequence[str] = (), first_stage: Floats | None = None
+    ) -> tuple[Floats, bool]:
+        """The signal matrix (one row per slot, one column per SIGNALS entry) and whether ``dense`` is live.
+
+        ``first_stage`` overrides the configured first-stage weights (a SIGNALS-long vector; the fit uses it to
+        keep the held-out conversation out of the first stage too)."""
         n = len(self._ids)
         out = np.zeros((n, len(SIGNALS)), dtype=np.float64)
         if not self._slot:
@@ -404,6 +501,7 @@ class Retriever:
         out[:, _COLUMN["length"]] = self._length[:n]
         out[:, _COLUMN["session_start"]] = prev < 0
         out[:, _COLUMN["time_mention"]] = self._time_mention[:n]
+        out[:, _PRIOR_COLUMNS] = self._priors[:n]
 
         session_scores = self.sessions_index.scores(tokens)
         if session_scores:
@@ -427,6 +525,9 @@ class Retriever:
             with np.errstate(invalid="ignore"):
                 out[:, _COLUMN["date"]] = np.where(np.isnan(day), 0.0, np.exp(-nearest / self.config.date_scale_days))
 
+        out[~self._alive[:n]] = 0.0
+        self._second_stage(out, tokens, weight_vector(self.config.first_stage) if first_stage is None else first_stage)
+
         dense = self._dense(query, n)
         if dense is not None:
             padded = np.append(dense, 0.0)
@@ -435,6 +536,84 @@ class Retriever:
             out[:, _COLUMN["next_dense"]] = padded[self._next[:n]]
         out[~self._alive[:n]] = 0.0
         return out, dense is not None
+
+    def _second_stage(self, out: Floats, tokens: list[str], first_stage: Floats) -> None:
+        """Fill the feedback and latent columns from the first stage's best memories (pseudo-relevance feedback).
+
+        The first stage ranks by the signals already in ``out``; its ``feedback_docs`` best memories that match
+        the query stand for what the query is about. Their most distinctive terms (tf in the memory x idf x the
+        memory's first-stage score, the query's own terms left out) are a second BM25 query (``feedback``: the
+        other halves of a multi-hop answer share words with the first half, not with the question); the mean of
+        their latent vectors is added to the query's own (``latent``: topic match beyond shared words).
+        """
+        config = self.config
+        n = len(out)
+        docs = config.feedback_docs
+        top = np.zeros(0, dtype=np.int64)
+        if docs > 0:
+            scores = out[:, FIRST_STAGE] @ first_stage[FIRST_STAGE]
+            scores[~(out[:, MATCHES] > 0).any(axis=1)] = 0.0
+            positive = np.flatnonzero(scores > 0)
+            if len(positive):
+                k = min(docs, len(positive))
+                top = positive[np.argsort(-scores[positive], kind="stable")[:k]]
+        if len(top):
+            best = float(scores[top[0]])
+            query_terms = set(tokens)
+            weights: dict[str, float] = {}
+            for slot in top:
+                own = self._tokens.get(int(slot), [])
+                if not own:
+                    continue
+                share = float(scores[slot]) / best / len(own)
+                for term, tf in Counter(own).items():
+                    if term not in query_terms:
+                        weights[term] = weights.get(term, 0.0) + share * tf * self.index.idf(term)
+            kept = sorted(weights.items(), key=lambda kv: -kv[1])[: config.feedback_terms]
+            expansion = dict(kept)
+            found = self.index.weighted_scores(expansion) if expansion else {}
+            if found:
+                feedback = np.zeros(n + 1, dtype=np.float64)
+                feedback[[self._slot[m] for m in found]] = list(found.values())
+                feedback /= feedback.max()
+                self._with_neighbours(out, "feedback", feedback)
+        latent = self._latent(tokens, top, n)
+        if latent is not None:
+            self._with_neighbours(out, "latent", latent)
+
+    def _with_neighbours(self, out: Floats, name: str, values: Floats) -> None:
+        """Columns ``name``, ``previous_name`` and ``next_name`` from ``values`` (n + 1 cells, the last 0)."""
+        n = len(out)
+        out[:, _COLUMN[name]] = values[:n]
+        out[:, _COLUMN[f"previous_{name}"]] = values[self._prev[:n]]
+        out[:, _COLUMN[f"next_{name}"]] = values[self._next[:n]]
+        out[~self._alive[:n]] = 0.0
+
+    def _latent(self, tokens: list[str], feedback: Ints, n: int) -> Floats | None:
+        """Cosine of each memory's latent vector with the query's plus its feedback centroid, min-max scaled."""
+        latent = self.latent
+        if latent.space is None:
+            return None
+        has = latent.has[:n] & self._alive[:n]
+        if not has.any():
+            return None
+        vectors = latent.vectors[:n]
+        query = latent.space.project(tokens)
+        direction = np.zeros(vectors.shape[1]) if query is None else query
+        chosen = feedback[has[feedback]] if len(feedback) else feedback
+        if len(chosen):
+            centroid = vectors[chosen].mean(axis=0).astype(np.float64)
+            norm = float(np.linalg.norm(centroid))
+            if norm > 0:
+                direction = direction + centroid / norm
+        if query is None and not len(chosen):
+            return None
+        cosine = (vectors @ direction.astype(np.float32)).astype(np.float64)
+        low, high = float(cosine[has].min()), float(cosine[has].max())
+        out = np.zeros(n + 1, dtype=np.float64)
+        if high > low:
+            out[:n] = np.where(has, (cosine - low) / (high - low), 0.0)
+        return out
 
     def _dense(self, query: str, n: int) -> Floats | None:
         if self.embedder is None:

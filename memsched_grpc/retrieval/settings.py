@@ -22,25 +22,64 @@ class _Section(BaseModel):
 class FusionWeights(_Section):
     """Weights of the fused relevance score, one per signal (retrieval/retriever.py describes each signal).
 
-    The defaults were fitted, not set by hand: a logistic regression over the signals of (question, turn) pairs of
-    the LoCoMo development conversations, checked by leave-one-conversation-out cross-validation
-    (``python -m bench.locomo.fit``). Only the ratios matter.
+    The defaults were fitted, not set by hand: a pairwise logistic regression (evidence turn above another of the
+    first stage's best 100) over the signals of the LoCoMo development conversations, checked by
+    leave-one-conversation-out cross-validation (``python -m bench.locomo.fit``). Only the ratios matter; a
+    negative weight is a signal that, the others being equal, marks a memory less likely to be asked about
+    (``second_person``: the speaker talks about the other person; ``length`` once the priors are in).
     """
 
-    lexical: float = 1.0
-    previous: float = 0.594
-    next: float = 0.326
-    previous2: float = 0.639
-    session: float = 0.51
-    speaker: float = 0.436
-    date: float = 0.343
-    length: float = 0.686
-    session_start: float = 0.189
-    time_mention: float = 0.216
+    lexical: float = 0.33
+    previous: float = 0.134
+    next: float = -0.055
+    previous2: float = 0.147
+    session: float = 0.137
+    speaker: float = 0.145
+    date: float = 1.0
+    length: float = -0.179
+    session_start: float = 0.059
+    time_mention: float = 0.064
+    first_person: float = 0.211
+    second_person: float = -0.63
+    question: float = -0.082
+    names: float = 0.117
+    number: float = 0.078
+    latent: float = 0.12
+    previous_latent: float = 0.077
+    next_latent: float = 0.221
+    feedback: float = 0.332
+    previous_feedback: float = -0.068
+    next_feedback: float = 0.11
     dense: float = 0.0
     previous_dense: float = 0.0
     next_dense: float = 0.0
 
+
+FIRST_STAGE_WEIGHTS = FusionWeights(
+    lexical=1.0,
+    previous=0.593,
+    next=0.322,
+    previous2=0.639,
+    session=0.509,
+    speaker=0.436,
+    date=0.409,
+    length=0.677,
+    session_start=0.187,
+    time_mention=0.215,
+    first_person=0.0,
+    second_person=0.0,
+    question=0.0,
+    names=0.0,
+    number=0.0,
+    latent=0.0,
+    previous_latent=0.0,
+    next_latent=0.0,
+    feedback=0.0,
+    previous_feedback=0.0,
+    next_feedback=0.0,
+)
+"""The first stage, whose best memories feed the second stage (feedback and latent signals): a logistic fit over
+the signals that need no feedback (``python -m bench.locomo.fit`` prints it too)."""
 
 DENSE_WEIGHTS = FusionWeights(
     lexical=0.859,
@@ -53,6 +92,17 @@ DENSE_WEIGHTS = FusionWeights(
     length=0.665,
     session_start=0.302,
     time_mention=0.273,
+    first_person=0.0,
+    second_person=0.0,
+    question=0.0,
+    names=0.0,
+    number=0.0,
+    latent=0.0,
+    previous_latent=0.0,
+    next_latent=0.0,
+    feedback=0.0,
+    previous_feedback=0.0,
+    next_feedback=0.0,
     dense=1.0,
     previous_dense=0.402,
     next_dense=0.386,
@@ -155,8 +205,25 @@ class RetrievalConfig(_Section):
     drop_speaker_names: bool = True
     """Leave the names of known speakers out of the lexical query: a turn rarely names its own speaker, so the name
     would favour the other person's turns; the speaker signal uses it instead."""
+    feedback_docs: int = Field(default=10, ge=0)
+    """How many of the first stage's best memories stand for what the query is about (pseudo-relevance feedback):
+    their distinctive terms become a second lexical query and their latent vectors widen the query's. Answers to
+    multi-hop questions share words with each other more than with the question. 0: no second stage."""
+    feedback_terms: int = Field(default=40, ge=1)
+    """How many expansion terms the feedback query keeps (the highest tf x idf x first-stage score)."""
+    latent_dimensions: int = Field(default=64, ge=0, le=1024)
+    """Axes of the cube's latent space (LSA over the cube's own memories, retrieval/latent.py): words used in the
+    same stretches of conversation match each other. 0: no latent signal."""
+    latent_refit_growth: float = Field(default=0.25, gt=0)
+    """Refit the latent space once memories added or removed since its fit exceed this share of its fitted size;
+    memories added in between are projected onto the fitted space (cheap), so a fit costs little per memory."""
+    latent_fit_limit: int = Field(default=5000, ge=8)
+    """The latent space is fitted on at most this many of the most recent memories (and every memory projected
+    onto it), which bounds a refit's time and memory in very large cubes."""
     candidate_pool: int = Field(default=100, ge=1)
     """How many fused candidates the query keeps for merging, de-duplication and reranking."""
+    first_stage: FusionWeights = Field(default_factory=lambda: FIRST_STAGE_WEIGHTS)
+    """Weights of the first stage, whose best memories are the feedback (only signals before ``latent`` count)."""
     weights: FusionWeights = Field(default_factory=FusionWeights)
     """Fusion weights when no dense signal is available."""
     dense_weights: FusionWeights = Field(default_factory=lambda: DENSE_WEIGHTS)

@@ -1,0 +1,128 @@
+"""The retriever's second stage: pseudo-relevance feedback from the first stage's best memories, and the latent
+space (LSA) learned from the cube itself, kept current through adds, removals and compaction."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from memsched_grpc.models import MemoryItem
+from memsched_grpc.retrieval import latent
+from memsched_grpc.retrieval.retriever import SIGNALS, Retriever
+from memsched_grpc.retrieval.settings import RetrievalConfig
+
+TOPICS = {
+    "pets": ["dog", "puppy", "leash", "walk", "park", "bark", "vet", "fetch"],
+    "cooking": ["pasta", "sauce", "kitchen", "recipe", "oven", "garlic", "basil", "dinner"],
+    "music": ["guitar", "chords", "song", "band", "concert", "drums", "melody", "practice"],
+}
+
+
+def _topic_memories(seed: int = 7) -> list[MemoryItem]:
+    """Sessions that each talk about one topic, three words of it per turn."""
+    rng = np.random.default_rng(seed)
+    items = []
+    n = 0
+    for repeat in range(4):
+        for topic, vocabulary in TOPICS.items():
+            for _ in range(6):
+                n += 1
+                chosen = rng.choice(vocabulary, size=3, replace=False)
+                items.append(
+                    MemoryItem(
+                        id=f"m{n}",
+                        memory=f"we talked about the {' and the '.join(chosen)}",
+                        sequence=n,
+                        metadata={"session_id": f"{topic}-{repeat}"},
+                    )
+                )
+    return items
+
+
+def _column(retriever: Retriever, query: str, name: str) -> dict[str, float]:
+    matrix, _ = retriever.signals(query)
+    ids = [m for m in retriever._ids if m is not None]
+    return dict(zip(ids, matrix[: len(ids), SIGNALS.index(name)].tolist(), strict=True))
+
+
+def test_the_latent_space_matches_words_of_the_same_topic() -> None:
+    # three axes for three topics: a space as wide as the vocabulary would only match the words themselves
+    retriever = Retriever(RetrievalConfig(feedback_docs=0, latent_dimensions=3))
+    retriever.add_many(_topic_memories())
+    retriever.add(MemoryItem(id="leash", memory="the leash snapped again", sequence=999, metadata={"session_id": "x"}))
+    retriever.add(MemoryItem(id="oven", memory="the oven snapped again", sequence=1000, metadata={"session_id": "y"}))
+    latent_signal = _column(retriever, "Does the puppy like the vet?", "latent")
+    assert _column(retriever, "Does the puppy like the vet?", "lexical")["leash"] == 0.0  # no shared word
+    assert latent_signal["leash"] > latent_signal["oven"] + 0.3
+
+
+def test_feedback_finds_what_the_best_memories_talk_about() -> None:
+    retriever = Retriever(RetrievalConfig(latent_dimensions=0, feedback_docs=1))
+    retriever.add_many(
+        [
+            MemoryItem(id="a", memory="I adopted a greyhound named Zephyr", sequence=1, metadata={"session_id": "1"}),
+            MemoryItem(id="b", memory="Pasta again tonight", sequence=2, metadata={"session_id": "1"}),
+            MemoryItem(id="c", memory="Zephyr ran off at the beach", sequence=3, metadata={"session_id": "2"}),
+            MemoryItem(id="d", memory="The beach was cold", sequence=4, metadata={"session_id": "3"}),
+        ]
+    )
+    feedback = _column(retriever, "Which dog did I adopt?", "feedback")
+    assert feedback["c"] > 0.0 and feedback["b"] == 0.0  # "zephyr", learnt from the adoption turn
+    assert _column(retriever, "Which dog did I adopt?", "lexical")["c"] == 0.0
+    scores = retriever.rank("Which dog did I adopt?").score_map()
+    assert scores.get("c", 0.0) > scores.get("d", 0.0)
+
+
+def test_a_query_matching_nothing_gets_no_second_stage() -> None:
+    retriever = Retriever(RetrievalConfig())
+    retriever.add_many(_topic_memories())
+    matrix, _ = retriever.signals("xylophone quantum")
+    for name in ("latent", "feedback", "previous_feedback", "next_latent"):
+        assert not matrix[:, SIGNALS.index(name)].any()
+    assert retriever.rank("xylophone quantum").top(5) == []
+
+
+def test_the_latent_space_is_refitted_as_the_cube_grows_and_survives_compaction() -> None:
+    config = RetrievalConfig(latent_refit_growth=0.5)
+    retriever = Retriever(config)
+    items = _topic_memories()
+    retriever.add_many(items[:20])
+    first = retriever.latent.space
+    assert first is not None and retriever.latent.has[:20].all()
+    retriever.add_many(items[20:25])  # 25% more: folded in, not refitted
+    assert retriever.latent.space is first and retriever.latent.has[20:25].all()
+    retriever.add_many(items[25:])
+    assert retriever.latent.space is not first
+    for item in items[: len(items) - 10]:
+        retriever.remove(item.id)
+    retriever.add(MemoryItem(id="new", memory="the guitar and the drums", sequence=5000, metadata={"session_id": "z"}))
+    live = [retriever._slot[m.id] for m in items[-10:]] + [retriever._slot["new"]]
+    space = retriever.latent.space
+    assert space is not None
+    for slot in live:  # every live memory holds the projection of its current window
+        expected = space.project(retriever._window(slot))
+        assert expected is not None
+        assert retriever.latent.vectors[slot] == pytest.approx(expected.astype(np.float32), abs=1e-5)
+
+
+def test_randomized_svd_agrees_with_the_exact_one() -> None:
+    documents = [m.memory.split() for m in _topic_memories()]
+    space = latent.fit(documents, 4)
+    assert space is not None
+    rows = np.zeros((len(documents), len(space.vocabulary)))
+    for i, tokens in enumerate(documents):
+        columns, values = space.weights(tokens)
+        rows[i, columns] = values
+    rows /= np.linalg.norm(rows, axis=1, keepdims=True)
+    _, _, vt = np.linalg.svd(rows, full_matrices=False)
+    exact, approx = vt[:4].T, space.projection
+    overlap = np.linalg.svd(exact.T @ approx, compute_uv=False)  # cosines of the principal angles
+    assert overlap.min() > 0.99
+
+
+def test_too_small_a_cube_has_no_latent_space() -> None:
+    assert latent.fit([["a", "b"], ["b", "c"]], 8) is None
+    retriever = Retriever(RetrievalConfig())
+    retriever.add(MemoryItem(id="m1", memory="alone with the cello", sequence=1))
+    assert retriever.latent.space is None
+    assert retriever.rank("cello").top(1)[0][0] == "m1"
