@@ -18,6 +18,7 @@ from bench.common import Corpus, header, item
 from memsched.v1 import items_pb2, scheduler_pb2
 from memsched_grpc import convert
 from memsched_grpc.config import load_settings
+from memsched_grpc.encoded_log import EncodedLog
 from memsched_grpc.handlers import registered_labels
 from memsched_grpc.inbox import Inbox, Incoming
 from memsched_grpc.models import LogItem, MemoryCapacities, MemoryItem, MemorySizes, MemoryType
@@ -106,16 +107,16 @@ def main() -> None:
         as_json = log.model_dump_json().encode()
         as_proto = convert.log_to_proto(log).SerializeToString()
         print("| **a log item (one per add)** | | |")
-        per_item("worker: LogItem to JSON", lambda: log.model_dump_json(), items=1, note="today")
-        per_item("server: JSON to LogItem", lambda: LogItem.model_validate_json(as_json), items=1, note="today")
-        per_item("server: LogItem to protobuf", lambda: convert.log_to_proto(log), items=1, note="today")
+        per_item("worker: LogItem to protobuf bytes (EncodedLog.of)", lambda: EncodedLog.of(log), items=1)
         target = scheduler_pb2.SessionResponse()
         per_item(
-            "server: protobuf bytes into the response",
+            "server: the bytes into the response",
             lambda: target.logs.add().MergeFromString(as_proto),
             items=1,
-            note="if workers sent protobuf bytes",
+            note="all the server does per log item since commit e3d1696",
         )
+        per_item("before e3d1696, server: JSON to LogItem", lambda: LogItem.model_validate_json(as_json), items=1)
+        per_item("before e3d1696, server: LogItem to protobuf", lambda: convert.log_to_proto(log), items=1)
         del target.logs[:]
         per_item("parse a ScheduleLogForWebItem", lambda: items_pb2.ScheduleLogForWebItem.FromString(as_proto), items=1)
     finally:

@@ -159,11 +159,12 @@ class Dispatcher:
                 low_water = self._current_low_water()
             self._send(worker, chunk, low_water)
 
-    def _send(self, worker: int, records: list[Record], low_water: int) -> None:
+    def _send(self, worker: int, records: list[Record], low_water: int, redelivery: bool = False) -> None:
+        """A redelivery always sends at least one batch (maybe empty): it tells the pool the restart is over."""
         step = self.settings.workers.batch_size
-        for i in range(0, len(records), step):
-            chunk = records[i : i + step]
-            self.pool.send(worker, (low_water, [(r.seq, r.attempts, r.payload) for r in chunk]))
+        chunks = [records[i : i + step] for i in range(0, len(records), step)] or ([[]] if redelivery else [])
+        for chunk in chunks:
+            self.pool.send(worker, (low_water, [(r.seq, r.attempts, r.payload) for r in chunk]), redelivery)
 
     def _current_low_water(self) -> int:
         """Lowest unfinished seq (workers may forget exactly-once markers below it); refreshed once a second."""
@@ -307,7 +308,7 @@ class Dispatcher:
                     redeliver.append(r)
                 low_water = self._current_low_water()
             log.warning("redelivering %d items of dead worker %d (culprit seq %d)", len(redeliver), worker, culprit_seq)
-            self._send(worker, redeliver, low_water)
+            self._send(worker, redeliver, low_water, redelivery=True)
         self._complete(failed)
 
     def redrive(self, records: list[Record]) -> None:

@@ -35,13 +35,17 @@ class WorkerSlot:
         self.results: Queue[list[ResultTuple]] = _ctx.Queue()
         self.current: Synchronized[int] = _ctx.Value("q", 0, lock=False)
         self.restarts = 0
+        self.restarting = False
+        self.deferred: list[Batch] = []
 
 
 class WorkerPool:
     """Starts ``count`` workers and keeps them alive.
 
     ``on_results(index, results)`` runs on a reader thread per worker; ``on_death(index, current_seq)``
-    runs after a dead worker was replaced (its new queues are live), so redelivery can go straight out.
+    runs after a dead worker was replaced (its new queues are live) and sends the redelivery with
+    ``send(..., redelivery=True)``. Until it has, other sends to that worker are held back, so that nothing
+    overtakes a redelivered item of the same cube in the new worker's queue.
     """
 
     def __init__(
@@ -91,9 +95,17 @@ class WorkerPool:
         slot.generation += 1
         log.info("worker %d started (pid %s)", slot.index, process.pid)
 
-    def send(self, index: int, batch: Batch) -> None:
+    def send(self, index: int, batch: Batch, redelivery: bool = False) -> None:
+        """Queue ``batch`` for worker ``index``. While it restarts, ordinary batches wait; the first
+        redelivery batch drops those that waited, as it covers every item the worker was given."""
         with self._lock:
-            self.slots[index].tasks.put(batch)
+            slot = self.slots[index]
+            if redelivery:
+                slot.deferred.clear()
+            elif slot.restarting:
+                slot.deferred.append(batch)
+                return
+            slot.tasks.put(batch)
 
     def _watch(self, slot: WorkerSlot) -> None:
         """Read results; when the process dies, drain what it sent, replace it, report the death."""
@@ -127,14 +139,22 @@ class WorkerPool:
             culprit,
         )
         with self._lock:
+            slot.restarting = True
             for q in (slot.tasks, slot.results):
                 q.cancel_join_thread()
                 q.close()
             slot.tasks = _ctx.Queue()
             slot.results = _ctx.Queue()
             slot.restarts += 1
+        try:
             self._spawn(slot)
-        self.on_death(slot.index, culprit)
+            self.on_death(slot.index, culprit)
+        finally:
+            with self._lock:
+                for batch in slot.deferred:  # sent after the redelivery: later in every cube
+                    slot.tasks.put(batch)
+                slot.deferred.clear()
+                slot.restarting = False
 
     def stop(self, timeout: float = 10.0) -> None:
         """Ask every worker to stop after the message it is handling (SIGTERM sets its flag); kill those

@@ -61,6 +61,33 @@ def test_killed_worker_is_replaced_and_its_items_redelivered(server_process: obj
     assert server.terminate() == 0
 
 
+def test_items_sent_during_a_restart_do_not_overtake_redelivered_ones(
+    server_process: object, record_dir: Path
+) -> None:
+    # Items of the same cube submitted while the dead worker's replacement boots reach it only after the
+    # redelivery of what the dead one held: the cube's order holds across the restart.
+    server = server_process(workers={"count": 1})  # type: ignore[operator]
+    client = server.start()
+    [worker] = server.worker_pids()
+    victim = item(label="slow", content="2")
+    held = [item(label="record", content=str(n)) for n in range(3)]
+    client.stub.Submit(scheduler_pb2.SubmitRequest(items=[victim, *held]))
+    time.sleep(0.7)  # the worker is inside the slow handler now
+    os.kill(worker, signal.SIGKILL)
+    later = []
+    deadline = time.monotonic() + 10
+    while server.worker_pids() != [] and server.worker_pids()[0] == worker and time.monotonic() < deadline:
+        time.sleep(0.01)  # the server notices the death and starts booting the replacement
+    for n in range(20):  # a stream of new items while the replacement boots
+        later.append(item(label="record", content=f"later {n}"))
+        client.stub.Submit(scheduler_pb2.SubmitRequest(items=[later[-1]]))
+        time.sleep(0.05)
+    assert client.wait_idle(seconds=60).idle
+    expected = [victim.item_id] + [i.item_id for i in held] + [i.item_id for i in later]
+    assert (record_dir / "u1.c1").read_text().split() == expected
+    assert server.terminate() == 0
+
+
 def test_sigterm_keeps_accepted_items(server_process: object, record_dir: Path) -> None:
     server = server_process(workers={"count": 1}, server={"grace_seconds": 0.5})  # type: ignore[operator]
     client = server.start()
