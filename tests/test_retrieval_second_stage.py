@@ -126,3 +126,21 @@ def test_too_small_a_cube_has_no_latent_space() -> None:
     retriever.add(MemoryItem(id="m1", memory="alone with the cello", sequence=1))
     assert retriever.latent.space is None
     assert retriever.rank("cello").top(1)[0][0] == "m1"
+
+
+@pytest.mark.parametrize("b", [0.0, 0.5])
+def test_feedback_scoring_over_cached_arrays_equals_the_index(b: float) -> None:
+    retriever = Retriever(RetrievalConfig(b=b))
+    items = _topic_memories()
+    retriever.add_many(items)
+    weights = {"dog": 1.0, "pasta": 0.5, "guitar": 0.25, "nowhere": 2.0}
+    retriever._bm25(weights, len(retriever._ids))  # fills the cache
+    for item in items[:30]:  # removals and a compaction-free re-add drop the stale arrays
+        retriever.remove(item.id)
+    retriever.add(MemoryItem(id="late", memory="the dog and the pasta", sequence=5000, metadata={"session_id": "z"}))
+    n = len(retriever._ids)
+    got = retriever._bm25(weights, n)
+    expected = np.zeros(n + 1)
+    for memory_id, score in retriever.index.weighted_scores(weights).items():
+        expected[retriever._slot[memory_id]] = score
+    assert got == pytest.approx(expected)

@@ -186,10 +186,17 @@ class LatentIndex:
         self._fitted_size = len(slots)
         self._changes = 0
         self.has[:] = False
-        if self.space is not None:
-            self.vectors = np.zeros((len(self.has), self.space.dimensions), dtype=np.float32)
-            for s in slots:
-                self.fold_in(s, window(s))
+        if self.space is None:
+            return
+        self.vectors = np.zeros((len(self.has), self.space.dimensions), dtype=np.float32)
+        space = self.space
+        rows = [space.weights(window(s)) for s in slots]
+        projected = _Rows(rows, len(space.vocabulary)).dot(space.projection)
+        norms = np.linalg.norm(projected, axis=1)
+        live = np.asarray(slots, dtype=np.int64)
+        ok = norms > 0
+        self.vectors[live[ok]] = projected[ok] / norms[ok, None]
+        self.has[live[ok]] = True
 
     def fold_in(self, slot: int, tokens: Sequence[str]) -> None:
         if self.space is None:

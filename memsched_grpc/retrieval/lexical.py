@@ -102,6 +102,14 @@ class LexicalIndex:
                     return list(out)
         return list(out)
 
+    def posting(self, term: str) -> Mapping[str, int]:
+        """The documents holding ``term`` and its count in each (read-only)."""
+        return self._postings.get(term, {})
+
+    @property
+    def average_length(self) -> float:
+        return self._total_length / len(self._lengths) if self._lengths else 0.0
+
     def idf(self, term: str) -> float:
         """BM25's idf of ``term`` (0 when no document holds it)."""
         posting = self._postings.get(term)

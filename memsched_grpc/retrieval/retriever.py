@@ -184,6 +184,7 @@ class Retriever:
         self._speakers_by_word: dict[str, set[int]] = {}
         self._years: Counter[int] = Counter()
         self._pending_vectors: set[int] = set()
+        self._posting_arrays: dict[str, tuple[Ints, Floats]] = {}
         cap = _INITIAL_CAPACITY
         self._session = np.zeros(cap, dtype=np.int64)
         self._speaker = np.full(cap, -1, dtype=np.int64)
@@ -192,6 +193,7 @@ class Retriever:
         self._next = np.full(cap, -1, dtype=np.int64)
         self._alive = np.zeros(cap, dtype=bool)
         self._length = np.zeros(cap, dtype=np.float64)
+        self._token_count = np.zeros(cap, dtype=np.float64)
         self._time_mention = np.zeros(cap, dtype=np.float64)
         self._priors = np.zeros((cap, len(PRIORS)), dtype=np.float64)
         self.latent = LatentIndex(config.latent_dimensions, config.latent_refit_growth, config.latent_fit_limit)
@@ -229,6 +231,8 @@ class Retriever:
         self._signatures.pop(slot, None)
         self.index.remove(memory_id)
         tokens = self._tokens.pop(slot, [])
+        for term in set(tokens):
+            self._posting_arrays.pop(term, None)
         session = int(self._session[slot])
         self.sessions_index.retract(self._session_keys[session], tokens)
         order, members = self._members[session]
@@ -278,12 +282,15 @@ class Retriever:
         self._alive[slot] = True
         tokens = tokenize(text)
         self._length[slot] = math.log1p(len(tokens)) / LENGTH_SCALE
+        self._token_count[slot] = len(tokens)
         self._time_mention[slot] = 1.0 if TIME_MENTION.search(item.memory) else 0.0
         self._priors[slot] = self._prior_row(item.memory)
         self.latent.changed()
         self._tokens[slot] = tokens
         self._texts[slot] = text
         self.index.add(item.id, tokens)
+        for term in set(tokens):
+            self._posting_arrays.pop(term, None)
 
         self._arrivals += 1
         key = (float(item.sequence), item.created_at.timestamp(), self._arrivals)
@@ -353,6 +360,7 @@ class Retriever:
         self._next = grow(self._next, -1)
         self._alive = grow(self._alive, False)
         self._length = grow(self._length, 0.0)
+        self._token_count = grow(self._token_count, 0.0)
         self._time_mention = grow(self._time_mention, 0.0)
         self._priors = grow(self._priors, 0.0)
         self.latent.ensure_capacity(new)
@@ -377,6 +385,7 @@ class Retriever:
         self._speaker = keep(self._speaker, -1)
         self._day = keep(self._day, np.nan)
         self._length = keep(self._length, 0.0)
+        self._token_count = keep(self._token_count, 0.0)
         self._time_mention = keep(self._time_mention, 0.0)
         self._priors = keep(self._priors, 0.0)
         self.latent.keep(live, len(self._alive))
@@ -392,6 +401,7 @@ class Retriever:
         self._texts = {old_to_new[s]: t for s, t in self._texts.items()}
         self._signatures = {old_to_new[s]: t for s, t in self._signatures.items()}
         self._pending_vectors = {old_to_new[s] for s in self._pending_vectors}
+        self._posting_arrays.clear()
         for _, members in self._members:
             members[:] = [old_to_new[s] for s in members]
 
@@ -570,16 +580,34 @@ class Retriever:
                     if term not in query_terms:
                         weights[term] = weights.get(term, 0.0) + share * tf * self.index.idf(term)
             kept = sorted(weights.items(), key=lambda kv: -kv[1])[: config.feedback_terms]
-            expansion = dict(kept)
-            found = self.index.weighted_scores(expansion) if expansion else {}
-            if found:
-                feedback = np.zeros(n + 1, dtype=np.float64)
-                feedback[[self._slot[m] for m in found]] = list(found.values())
+            feedback = self._bm25(dict(kept), n)
+            if feedback.max() > 0:
                 feedback /= feedback.max()
                 self._with_neighbours(out, "feedback", feedback)
         latent = self._latent(tokens, top, n)
         if latent is not None:
             self._with_neighbours(out, "latent", latent)
+
+    def _bm25(self, term_weights: dict[str, float], n: int) -> Floats:
+        """LexicalIndex.weighted_scores by slot (n + 1 cells, the last 0), over postings cached as arrays: feedback
+        terms are common enough that the dict walk would cost milliseconds per query in a large cube."""
+        index = self.index
+        out = np.zeros(n + 1, dtype=np.float64)
+        k1, b = index.k1, index.b
+        average = index.average_length or 1.0
+        for term, weight in term_weights.items():
+            arrays = self._posting_arrays.get(term)
+            if arrays is None:
+                posting = index.posting(term)
+                if not posting:
+                    continue
+                slots = np.fromiter((self._slot[d] for d in posting), dtype=np.int64, count=len(posting))
+                counts = np.fromiter(posting.values(), dtype=np.float64, count=len(posting))
+                arrays = self._posting_arrays[term] = (slots, counts)
+            slots, counts = arrays
+            norm = k1 * (1.0 - b + b * self._token_count[slots] / average) if b else k1
+            out[slots] += weight * index.idf(term) * counts * (k1 + 1.0) / (counts + norm)
+        return out
 
     def _with_neighbours(self, out: Floats, name: str, values: Floats) -> None:
         """Columns ``name``, ``previous_name`` and ``next_name`` from ``values`` (n + 1 cells, the last 0)."""

@@ -217,7 +217,7 @@ class RetrievalConfig(_Section):
     latent_refit_growth: float = Field(default=0.25, gt=0)
     """Refit the latent space once memories added or removed since its fit exceed this share of its fitted size;
     memories added in between are projected onto the fitted space (cheap), so a fit costs little per memory."""
-    latent_fit_limit: int = Field(default=5000, ge=8)
+    latent_fit_limit: int = Field(default=2000, ge=8)
     """The latent space is fitted on at most this many of the most recent memories (and every memory projected
     onto it), which bounds a refit's time and memory in very large cubes."""
     candidate_pool: int = Field(default=100, ge=1)
