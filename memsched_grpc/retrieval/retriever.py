@@ -89,11 +89,11 @@ _PRIOR_COLUMNS = [_COLUMN[n] for n in PRIORS]
 FIRST_STAGE = [_COLUMN[n] for n in SIGNALS[: SIGNALS.index("time_mention") + 1]]
 """Signals the first stage ranks by: the lexical and conversational ones (the priors, the feedback and latent
 signals and the dense model are the second stage's)."""
-MATCHES = [
-    _COLUMN[n] for n in ("lexical", "previous", "next", "previous2", "speaker", "date", "latent", "feedback", "dense")
-]
+MATCHES = [_COLUMN[n] for n in ("lexical", "previous", "next", "previous2", "speaker", "date", "feedback", "dense")]
 """Signals that tie a memory to the query itself. A memory with none of them has relevance 0, whatever its
-session's score or its priors: it is not a candidate, and it does not outrank memories that match."""
+session's score or its priors: it is not a candidate, and it does not outrank memories that match. The latent
+signal is not one of them: the cube's LSA space puts every memory at some distance from every query, so a topic
+match alone would make the whole cube a candidate (the dense signal does, but only when a model is configured)."""
 TIME_MENTION = re.compile(
     r"\b(?:yesterday|today|tonight|tomorrow|ago|recently|since"
     r"|(?:last|next|this)\s+(?:week|weekend|month|year|night|time|morning|summer|winter|spring|fall))\b",
