@@ -61,9 +61,7 @@ def test_killed_worker_is_replaced_and_its_items_redelivered(server_process: obj
     assert server.terminate() == 0
 
 
-def test_items_sent_during_a_restart_do_not_overtake_redelivered_ones(
-    server_process: object, record_dir: Path
-) -> None:
+def test_items_sent_during_a_restart_do_not_overtake_redelivered_ones(server_process: object, record_dir: Path) -> None:
     # Items of the same cube submitted while the dead worker's replacement boots reach it only after the
     # redelivery of what the dead one held: the cube's order holds across the restart.
     server = server_process(workers={"count": 1})  # type: ignore[operator]
