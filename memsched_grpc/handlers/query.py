@@ -8,8 +8,9 @@ deterministic fallback (retrieval/assist.py):
    signals fused, optionally a dense embedder: retrieval/retriever.py), k = max(1, top_k // evidences) each;
 4. merge with working memory; drop near duplicates and very short items;
 5. rerank the best candidates (reranker.kind; fallback: relevance order);
-6. score importance = w_relevance · relevance + w_keyword · keyword overlap with the window + w_usage · capped
-   usage, where relevance is the fused score over the best of this query (0..1);
+6. score importance = w_relevance · rank score + w_keyword · keyword overlap with the window + w_usage · capped
+   usage, where the rank score is the memory's place in relevance order (the best 1, evenly down to 1/n over
+   the n kept memories the query found relevant, 0 for the others);
 7. write back at most the working capacity; log ``scheduleMemory`` for each newcomer;
 8. rebuild activation memory when due.
 """
@@ -127,12 +128,19 @@ def handle(ctx: HandlerContext) -> None:
             relevance.update(zip(head, values, strict=True))
             kept = head + kept[len(head) :]
 
-    # 6. importance
+    # 6. importance. Relevance enters as a rank score, the memory's place in relevance order (MemOS's non-LLM
+    # fallback is relevance order; importance weighs the rank), not as the fused score itself: fused scores fall
+    # steeply past the first few memories, so near the capacity cut-off neighbours differ by far less than the
+    # keyword and usage terms can add, and those terms reshuffled the retriever's order there (LoCoMo dev: 4
+    # evidence turns of the ranking's top 20 pushed out, none with the rank score). Keyword and usage still
+    # break near-ties: each place is worth w_relevance / n.
+    ranked = [m for m in kept if relevance.get(m, 0.0) > 0]
+    rank_score = {m: (len(ranked) - i) / len(ranked) for i, m in enumerate(ranked)}
     total_window = sum(window_stems.values()) or 1
     weights = config.weights
 
     def importance(memory_id: str) -> WorkingEntry:
-        rel = relevance.get(memory_id, 0.0)
+        rel = rank_score.get(memory_id, 0.0)
         tokens = set(cube.tokens(memory_id))
         kw = sum(n for s, n in window_stems.items() if s in tokens) / total_window
         entry = cube.entries[memory_id]
