@@ -7,6 +7,7 @@ with backoff (holding back only its own cube) and reported failed after the last
 
 from __future__ import annotations
 
+import gc
 import logging
 import signal
 import time
@@ -184,7 +185,7 @@ class Worker:
             attempt += 1
             if attempt > 1:  # the map grew and the batch runs again: in-memory cubes may hold rolled-back changes
                 for cube_key, _ in work:
-                    self.cubes.pop(cube_key, None)
+                    self._drop_cube(cube_key)
             plan = _Plan()
             for cube_key, items in work:
                 self._handle_cube(tables, txn, cube_key, items, plan)
@@ -199,7 +200,7 @@ class Worker:
             log.exception("shard %d: transaction failed, %d cubes will retry", shard, len(work))
             plan = _Plan()
             for cube_key, items in work:
-                self.cubes.pop(cube_key, None)
+                self._drop_cube(cube_key)
                 self._fail(cube_key, items, f"storage: {e}", plan)
         for cube_key, items in plan.requeue:
             self._requeue(cube_key, items)
@@ -243,7 +244,7 @@ class Worker:
                 raise
             except Exception as e:
                 child.abort()
-                self.cubes.pop(cube_key, None)
+                self._drop_cube(cube_key)
                 log.warning(
                     "handler %s failed item_id=%s user_id=%s mem_cube_id=%s attempt=%d",
                     message.label,
@@ -289,6 +290,9 @@ class Worker:
         plan.requeue.append((cube_key, rest))
 
     def _cube(self, tables: CubeTables, txn: lmdb.Transaction, cube_key: bytes, message: Message) -> Cube:
+        """The cube, loaded on first use. A loaded cube is millions of long-lived objects that a full garbage
+        collection would walk each time (~0.3 s per 10 cubes of 10k memories, measured: one idle query of 300
+        waited 1.4 s at 100 cubes of 10k), so what exists after a load is frozen out of the collector."""
         cube = self.cubes.get(cube_key)
         if cube is None:
             cube = Cube.load(
@@ -301,10 +305,17 @@ class Worker:
             )
             self.cubes[cube_key] = cube
             while len(self.cubes) > self.settings.workers.max_cached_cubes:
-                self.cubes.popitem(last=False)
+                self._drop_cube(next(iter(self.cubes)))
+            gc.freeze()
         else:
             self.cubes.move_to_end(cube_key)
         return cube
+
+    def _drop_cube(self, cube_key: bytes) -> None:
+        """Forget a loaded cube. Loaded cubes are frozen out of the garbage collector (see _cube); unfreezing
+        here lets the next full collection reclaim whatever of the dropped cube only it can."""
+        if self.cubes.pop(cube_key, None) is not None:
+            gc.unfreeze()
 
     def close(self) -> None:
         self.shards.close()
