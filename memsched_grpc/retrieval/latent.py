@@ -14,9 +14,10 @@ fitted with numpy on the cube's own memories and refitted as the cube grows.
 - A query is projected the same way. The caller may add a feedback centroid (the mean vector of its first-stage
   best memories), which is what turns the space into a topic match for multi-hop questions.
 
-Costs: at conversation sizes (~700 memories, ~3,000 terms) a fit takes tens of milliseconds, at 8,000 memories
-about a second (paid when a cube's retriever is built and once per 25 % growth, in the add that triggers it); a
-fold-in a few microseconds; a query one (memories x 64) matrix-vector product.
+Costs: at conversation sizes (~700 memories, ~3,000 terms) a fit takes tens of milliseconds and projects every
+memory (paid when a cube's retriever is built and once per 25 % growth, in the add that triggers it); a fold-in a
+few microseconds; a query one (memories x 64) matrix-vector product. A large cube's fit (at most ``fit_limit``
+memories: ~0.13 s) projects nothing; a query projects the memories it reads that are not projected yet.
 """
 
 from __future__ import annotations
@@ -157,6 +158,8 @@ class LatentIndex:
         self.space: LatentSpace | None = None
         self.vectors: Vectors = np.zeros((0, max(dimensions, 1)), dtype=np.float32)
         self.has = np.zeros(0, dtype=bool)
+        self.known = np.zeros(0, dtype=bool)
+        """Slots whose vector (or its absence: ``has`` False) is computed under the current space."""
         self._fitted_size = 0
         self._changes = 0
 
@@ -168,7 +171,9 @@ class LatentIndex:
         vectors[: len(self.vectors)] = self.vectors
         has = np.zeros(new, dtype=bool)
         has[: len(self.has)] = self.has
-        self.vectors, self.has = vectors, has
+        known = np.zeros(new, dtype=bool)
+        known[: len(self.known)] = self.known
+        self.vectors, self.has, self.known = vectors, has, known
 
     def changed(self, count: int = 1) -> None:
         self._changes += count
@@ -180,24 +185,56 @@ class LatentIndex:
             return True
         return self._changes > self.refit_growth * max(self._fitted_size, MIN_FIT_DOCUMENTS)
 
-    def refit(self, slots: Sequence[int], window: Callable[[int], list[str]]) -> None:
-        """Fit the space on the most recent ``fit_limit`` of ``slots`` and project every slot."""
+    def refit(self, slots: Sequence[int], window: Callable[[int], list[str]], project: bool = True) -> None:
+        """Fit the space on the most recent ``fit_limit`` of ``slots``, then project every slot, or (``project``
+        False: a large cube) none: project() computes the vectors a query reads when it reads them, so neither a
+        large cube's load nor its refits cost a pass over every memory."""
         recent = list(slots)[-self.fit_limit :]
         self.space = fit([window(s) for s in recent], self.dimensions)
         self._fitted_size = len(slots)
         self._changes = 0
         self.has[:] = False
+        self.known[:] = False
         if self.space is None:
             return
         self.vectors = np.zeros((len(self.has), self.space.dimensions), dtype=np.float32)
+        if project:
+            self.project(np.asarray(slots, dtype=np.int64), window)
+
+    def project_terms(
+        self, slots: npt.NDArray[np.int64], owner: npt.NDArray[np.int64], columns: npt.NDArray[np.int64]
+    ) -> None:
+        """Project ``slots`` from their windows' fitted terms given as occurrences: ``columns[i]`` (a column of the
+        space's vocabulary) occurs in the window of ``slots[owner[i]]``. The same weighting as weights()."""
         space = self.space
-        rows = [space.weights(window(s)) for s in slots]
+        if space is None:
+            return
+        width = len(space.vocabulary)
+        keys, tf = np.unique(owner * width + columns, return_counts=True)
+        rows, terms = keys // width, keys % width
+        weights = (1.0 + np.log(tf)) * space.idf[terms]
+        projected = _Rows._segment_sums(weights[:, None] * space.projection[terms], rows, len(slots))
+        norms = np.linalg.norm(projected, axis=1)
+        ok = norms > 0
+        self.vectors[slots[ok]] = projected[ok] / norms[ok, None]
+        self.has[slots] = ok
+        self.known[slots] = True
+
+    def project(self, slots: npt.NDArray[np.int64], window: Callable[[int], list[str]]) -> None:
+        """Compute the vectors of those of ``slots`` not yet projected onto the current space."""
+        space = self.space
+        if space is None:
+            return
+        live = slots[~self.known[slots]]
+        if not len(live):
+            return
+        rows = [space.weights(window(int(s))) for s in live]
         projected = _Rows(rows, len(space.vocabulary)).dot(space.projection)
         norms = np.linalg.norm(projected, axis=1)
-        live = np.asarray(slots, dtype=np.int64)
         ok = norms > 0
         self.vectors[live[ok]] = projected[ok] / norms[ok, None]
-        self.has[live[ok]] = True
+        self.has[live] = ok
+        self.known[live] = True
 
     def fold_in(self, slot: int, tokens: Sequence[str]) -> None:
         if self.space is None:
@@ -209,15 +246,19 @@ class LatentIndex:
         else:
             self.vectors[slot] = v
             self.has[slot] = True
+        self.known[slot] = True
 
     def forget(self, slot: int) -> None:
         if slot < len(self.has):
             self.has[slot] = False
+            self.known[slot] = False
 
     def keep(self, live: npt.NDArray[np.int64], capacity: int) -> None:
         """Renumber after the retriever compacts its slots (``live`` old slots become 0..len(live)-1)."""
         vectors = np.zeros((capacity, self.vectors.shape[1]), dtype=np.float32)
         has = np.zeros(capacity, dtype=bool)
+        known = np.zeros(capacity, dtype=bool)
         vectors[: len(live)] = self.vectors[live]
         has[: len(live)] = self.has[live]
-        self.vectors, self.has = vectors, has
+        known[: len(live)] = self.known[live]
+        self.vectors, self.has, self.known = vectors, has, known

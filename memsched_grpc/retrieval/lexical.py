@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 
 
 class LexicalIndex:
@@ -121,6 +121,33 @@ class LexicalIndex:
     def scores(self, query_tokens: Iterable[str]) -> dict[str, float]:
         """BM25 score of every document that shares a term with the query."""
         return self.weighted_scores(Counter(query_tokens))
+
+    def scores_of(self, query_tokens: Iterable[str], doc_ids: Sequence[str]) -> list[float]:
+        """The scores() of ``doc_ids`` only (0 for a document sharing no term): the cost follows the documents asked
+        about, not the postings of the query's terms."""
+        n = len(self._lengths)
+        out = [0.0] * len(doc_ids)
+        if n == 0:
+            return out
+        avg = self._total_length / n or 1.0
+        k1, b = self.k1, self.b
+        lengths = self._lengths
+        position: dict[str, int] | None = None
+        for term, qtf in Counter(query_tokens).items():
+            posting = self._postings.get(term)
+            if not posting:
+                continue
+            idf = math.log(1.0 + (n - len(posting) + 0.5) / (len(posting) + 0.5))
+            if len(posting) < len(doc_ids):  # walk the shorter side
+                if position is None:
+                    position = {doc_id: i for i, doc_id in enumerate(doc_ids)}
+                hits = [(position[d], tf) for d, tf in posting.items() if d in position]
+            else:
+                hits = [(i, tf) for i, d in enumerate(doc_ids) if (tf := posting.get(d))]
+            for i, tf in hits:
+                norm = k1 * (1.0 - b + b * lengths[doc_ids[i]] / avg)
+                out[i] += qtf * idf * tf * (k1 + 1.0) / (tf + norm)
+        return out
 
     def weighted_scores(self, term_weights: Mapping[str, float]) -> dict[str, float]:
         """BM25 with a weight per query term (a repeated query word weighs its count): an expanded query's terms

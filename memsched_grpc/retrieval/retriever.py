@@ -31,6 +31,11 @@ best memories feed the second-stage signals, and the fused score is the weighted
 fitted, see FusionWeights). Everything is incremental: adding a memory touches its postings, its session's
 postings, two neighbour links and (between refits of the latent space) three latent projections; a query is two
 BM25 passes over postings plus a few vector operations over the cube, about a millisecond at conversation sizes.
+
+Past ``candidate_limit`` live memories (conversation-size cubes never get there) a query is bounded: the signals
+are computed only for the ``candidate_limit`` best memories by BM25 over the query's postings and the as many best
+by the feedback query, with their session neighbours (bounded_signals), the latent space is fitted without
+projecting every memory and a memory is projected when a query first reads it.
 """
 
 from __future__ import annotations
@@ -40,7 +45,7 @@ import logging
 import math
 import re
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,7 +55,7 @@ import numpy.typing as npt
 from memsched_grpc.models import MemoryItem
 from memsched_grpc.retrieval import dates
 from memsched_grpc.retrieval.embedders import Embedder, EmbeddingError, Matrix
-from memsched_grpc.retrieval.latent import LatentIndex
+from memsched_grpc.retrieval.latent import LatentIndex, LatentSpace
 from memsched_grpc.retrieval.lexical import LexicalIndex
 from memsched_grpc.retrieval.settings import FusionWeights, RetrievalConfig
 from memsched_grpc.retrieval.tokenizer import STOPWORDS, stem, tokenize, words
@@ -194,6 +199,11 @@ class Retriever:
         self._alive = np.zeros(cap, dtype=bool)
         self._length = np.zeros(cap, dtype=np.float64)
         self._token_count = np.zeros(cap, dtype=np.float64)
+        self._term_id: dict[str, int] = {}
+        self._flat_terms = np.zeros(_INITIAL_CAPACITY * 16, dtype=np.int64)
+        self._flat_size = 0
+        self._term_start = np.zeros(cap, dtype=np.int64)
+        self._space_columns: tuple[LatentSpace | None, Ints] = (None, np.zeros(0, dtype=np.int64))
         self._time_mention = np.zeros(cap, dtype=np.float64)
         self._priors = np.zeros((cap, len(PRIORS)), dtype=np.float64)
         self.latent = LatentIndex(config.latent_dimensions, config.latent_refit_growth, config.latent_fit_limit)
@@ -287,10 +297,13 @@ class Retriever:
         self._priors[slot] = self._prior_row(item.memory)
         self.latent.changed()
         self._tokens[slot] = tokens
+        self._store_terms(slot, tokens)
         self._texts[slot] = text
         self.index.add(item.id, tokens)
-        for term in set(tokens):
-            self._posting_arrays.pop(term, None)
+        for term, tf in Counter(tokens).items():  # cached postings grow in place: a query keeps them
+            arrays = self._posting_arrays.get(term)
+            if arrays is not None:
+                self._posting_arrays[term] = (np.append(arrays[0], slot), np.append(arrays[1], float(tf)))
 
         self._arrivals += 1
         key = (float(item.sequence), item.created_at.timestamp(), self._arrivals)
@@ -361,6 +374,7 @@ class Retriever:
         self._alive = grow(self._alive, False)
         self._length = grow(self._length, 0.0)
         self._token_count = grow(self._token_count, 0.0)
+        self._term_start = grow(self._term_start, 0)
         self._time_mention = grow(self._time_mention, 0.0)
         self._priors = grow(self._priors, 0.0)
         self.latent.ensure_capacity(new)
@@ -372,6 +386,12 @@ class Retriever:
         """Renumber the live memories 0..n-1 once removed and replaced ones hold most slots."""
         live = np.flatnonzero(self._alive[: len(self._ids)])
         count = len(live)
+        offsets, _ = self._ranges(live)
+        self._flat_terms = np.append(self._flat_terms[offsets], np.zeros(len(offsets), dtype=np.int64))
+        self._flat_size = len(offsets)
+        starts = np.zeros(len(self._term_start), dtype=np.int64)
+        starts[1:count] = np.cumsum(self._token_count[live].astype(np.int64))[:-1]
+        self._term_start = starts
         renumber = np.full(len(self._ids) + 1, -1, dtype=np.int64)  # the last cell maps a missing neighbour (-1)
         renumber[live] = np.arange(count)
         old_to_new = {int(old): new for new, old in enumerate(live)}
@@ -405,6 +425,59 @@ class Retriever:
         for _, members in self._members:
             members[:] = [old_to_new[s] for s in members]
 
+    def _store_terms(self, slot: int, tokens: list[str]) -> None:
+        """Keep the memory's tokens as term ids in one flat array (slot ``slot`` at ``_term_start[slot]``, as many
+        as ``_token_count[slot]``): a large cube's latent vectors are projected from them in a few array passes."""
+        ids = self._term_id
+        terms = [ids.setdefault(t, len(ids)) for t in tokens]
+        end = self._flat_size + len(terms)
+        if end > len(self._flat_terms):
+            grown = np.zeros(max(end, 2 * len(self._flat_terms)), dtype=np.int64)
+            grown[: self._flat_size] = self._flat_terms[: self._flat_size]
+            self._flat_terms = grown
+        self._flat_terms[self._flat_size : end] = terms
+        self._term_start[slot] = self._flat_size
+        self._flat_size = end
+
+    def _ranges(self, slots: Ints) -> tuple[Ints, Ints]:
+        """Positions in _flat_terms of the tokens of ``slots``, in order, and each slot's token count."""
+        lengths = self._token_count[slots].astype(np.int64)
+        total = int(lengths.sum())
+        ends = np.cumsum(lengths)
+        offsets = np.repeat(self._term_start[slots] - ends + lengths, lengths) + np.arange(total, dtype=np.int64)
+        return offsets, lengths
+
+    def _project(self, cover: Ints) -> None:
+        """Latent vectors of the memories of ``cover`` that have none under the current space yet, from their
+        windows' term ids in a few array passes (a large cube's refit projects nothing; see LatentIndex.refit)."""
+        latent = self.latent
+        space = latent.space
+        if space is None:
+            return
+        todo = cover[~latent.known[cover] & self._alive[cover]]
+        if not len(todo):
+            return
+        if self._space_columns[0] is not space:
+            columns = np.full(len(self._term_id), -1, dtype=np.int64)
+            for term, j in space.vocabulary.items():
+                found = self._term_id.get(term)
+                if found is not None:
+                    columns[found] = j
+            self._space_columns = (space, columns)
+        columns = self._space_columns[1]
+        rows = np.arange(len(todo), dtype=np.int64)
+        sources = np.concatenate([todo, self._prev[todo], self._next[todo]])
+        owners = np.concatenate([rows, rows, rows])
+        present = sources >= 0
+        offsets, lengths = self._ranges(sources[present])
+        terms = self._flat_terms[offsets]
+        owner = np.repeat(owners[present], lengths)
+        known = terms < len(columns)
+        column = np.full(len(terms), -1, dtype=np.int64)
+        column[known] = columns[terms[known]]
+        fitted = column >= 0
+        latent.project_terms(todo, owner[fitted], column[fitted])
+
     def _prior_row(self, text: str) -> list[float]:
         """The query-independent priors of a memory's text, in PRIORS order (see the module docstring)."""
         said = words(text)
@@ -432,9 +505,9 @@ class Retriever:
         their neighbours, whose windows now hold them)."""
         if self.config.latent_dimensions <= 0:
             return
-        live = [int(s) for s in np.flatnonzero(self._alive[: len(self._ids)])]
-        if self.latent.stale(len(live)):
-            self.latent.refit(live, self._window)
+        if self.latent.stale(len(self._slot)):
+            live = [int(s) for s in np.flatnonzero(self._alive[: len(self._ids)])]
+            self.latent.refit(live, self._window, project=len(live) <= self.config.candidate_limit)
             return
         if self.latent.space is None:
             return
@@ -480,119 +553,213 @@ class Retriever:
                 matched.add(word)
         return named, matched
 
-    def signals(
-        self, query: str, extra_terms: Sequence[str] = (), first_stage: Floats | None = None
-    ) -> tuple[Floats, bool]:
-        """The signal matrix (one row per slot, one column per SIGNALS entry) and whether ``dense`` is live.
-
-        ``first_stage`` overrides the configured first-stage weights (a SIGNALS-long vector; the fit uses it to
-        keep the held-out conversation out of the first stage too)."""
-        n = len(self._ids)
-        out = np.zeros((n, len(SIGNALS)), dtype=np.float64)
-        if not self._slot:
-            return out, False
+    def _query(self, query: str, extra_terms: Sequence[str]) -> tuple[set[int], list[str]]:
+        """The speakers ``query`` names and its lexical tokens (with ``extra_terms``; speakers' names left out when
+        ``drop_speaker_names``)."""
         named, name_words = self.named_speakers(query)
         dropped = {stem(w) for w in name_words} if self.config.drop_speaker_names else set()
         tokens = [t for t in tokenize(query) if t not in dropped]
         for term in extra_terms:
             tokens.extend(t for t in tokenize(term) if t not in dropped)
+        return named, tokens
 
+    def signals(
+        self, query: str, extra_terms: Sequence[str] = (), first_stage: Floats | None = None
+    ) -> tuple[Floats, bool]:
+        """The signal matrix (one row per slot, one column per SIGNALS entry) and whether ``dense`` is live.
+
+        Every memory is scored, whatever the cube's size (rank() bounds the work past ``candidate_limit``).
+        ``first_stage`` overrides the configured first-stage weights (a SIGNALS-long vector; the fit uses it to
+        keep the held-out conversation out of the first stage too)."""
+        n = len(self._ids)
+        if not self._slot:
+            return np.zeros((n, len(SIGNALS)), dtype=np.float64), False
+        named, tokens = self._query(query, extra_terms)
         lexical = np.zeros(n + 1, dtype=np.float64)  # the extra last cell is 0: where a missing neighbour (-1) points
         scores = self.index.scores(tokens)
         if scores:
             slot = self._slot
             lexical[[slot[m] for m in scores]] = list(scores.values())
             lexical /= lexical.max()
-        prev = self._prev[:n]
-        out[:, _COLUMN["lexical"]] = lexical[:n]
-        out[:, _COLUMN["previous"]] = lexical[prev]
-        out[:, _COLUMN["next"]] = lexical[self._next[:n]]
-        out[:, _COLUMN["previous2"]] = lexical[np.where(prev >= 0, self._prev[prev], -1)]
-        out[:, _COLUMN["length"]] = self._length[:n]
-        out[:, _COLUMN["session_start"]] = prev < 0
-        out[:, _COLUMN["time_mention"]] = self._time_mention[:n]
-        out[:, _PRIOR_COLUMNS] = self._priors[:n]
-
+        per_session = np.zeros(len(self._session_keys), dtype=np.float64)
         session_scores = self.sessions_index.scores(tokens)
         if session_scores:
-            per_session = np.zeros(len(self._session_keys), dtype=np.float64)
             for key, score in session_scores.items():
                 per_session[self._session_of_key[key]] = score
             per_session /= per_session.max()
-            out[:, _COLUMN["session"]] = per_session[self._session[:n]]
+        rows = np.arange(n)
+        out = self._first_stage_rows(rows, lexical, per_session, named, query)
+        first = weight_vector(self.config.first_stage) if first_stage is None else first_stage
+        top, top_scores = self._feedback_docs(out, rows, first)
+        feedback = self._feedback(top, top_scores, tokens, n)
+        if feedback is not None:
+            self._with_neighbours(out, rows, "feedback", feedback[0])
+        self._latent_columns(out, rows, tokens, top, rows)
+        dense = self._dense(query, n)
+        if dense is not None:
+            self._dense_columns(out, rows, dense)
+        out[~self._alive[:n]] = 0.0
+        return out, dense is not None
+
+    def bounded_signals(self, query: str, extra_terms: Sequence[str] = ()) -> tuple[Ints, Floats, bool]:
+        """The rows of signals() for the memories a large cube's query is bounded to (see ``candidate_limit``),
+        with those memories' slots (ascending) and whether ``dense`` is live.
+
+        The candidates are the ``candidate_limit`` best memories by BM25 over the query's terms (scored over their
+        postings, cached as arrays) and the ``candidate_limit`` best by the feedback query, each with the session
+        neighbours whose previous/next/previous2 signals it feeds. Signals scaled over the cube (lexical,
+        feedback, dense) are scaled as signals() scales them; session and latent, over the candidates."""
+        n = len(self._ids)
+        limit = self.config.candidate_limit
+        named, tokens = self._query(query, extra_terms)
+        lexical, hit = self._bm25_touched(Counter(tokens), n)
+        if len(hit):
+            lexical[hit] /= lexical[hit].max()
+        rows = self._around(self._best(lexical, hit, limit))
+        sessions = np.unique(self._session[rows])
+        raw = self._session_scores(sessions, tokens)
+        out = self._first_stage_rows(rows, lexical, self._per_session(sessions, raw), named, query)
+        top, top_scores = self._feedback_docs(out, rows, weight_vector(self.config.first_stage))
+        feedback = self._feedback(top, top_scores, tokens, n)
+        if feedback is not None:
+            values, touched = feedback
+            extra = np.setdiff1d(self._around(self._best(values, touched, limit)), rows, assume_unique=True)
+            if len(extra):
+                rows = np.union1d(rows, extra)
+                more = np.setdiff1d(np.unique(self._session[extra]), sessions, assume_unique=True)
+                sessions = np.concatenate([sessions, more])
+                raw = np.concatenate([raw, self._session_scores(more, tokens)])
+                out = self._first_stage_rows(rows, lexical, self._per_session(sessions, raw), named, query)
+            self._with_neighbours(out, rows, "feedback", values)
+        self._latent_columns(out, rows, tokens, top, self._around(rows, depth=1))
+        dense = self._dense(query, n)
+        if dense is not None:
+            self._dense_columns(out, rows, dense)
+        return rows, out, dense is not None
+
+    def _best(self, values: Floats, slots: Ints, limit: int) -> Ints:
+        """The ``limit`` of ``slots`` with the highest ``values`` (all of them when there are no more)."""
+        if len(slots) <= limit:
+            return slots
+        chosen: Ints = slots[np.argpartition(-values[slots], limit - 1)[:limit]]
+        return chosen
+
+    def _around(self, slots: Ints, depth: int = 2) -> Ints:
+        """``slots``, the memories just before and after each, and (depth 2) the one two after: every memory whose
+        own or previous/next/previous2 signal a value at ``slots`` feeds; live, ascending."""
+        before, after = self._prev[slots], self._next[slots]
+        parts = [slots, before, after]
+        if depth > 1:
+            parts.append(self._next[after[after >= 0]])
+        out = np.unique(np.concatenate(parts))
+        out = out[out >= 0]
+        kept: Ints = out[self._alive[out]]
+        return kept
+
+    def _session_scores(self, sessions: Ints, tokens: list[str]) -> Floats:
+        """The BM25 scores of ``sessions`` (as whole documents) for the query's tokens."""
+        names = self._session_keys
+        keys = [names[s] for s in sessions.tolist()]
+        return np.asarray(self.sessions_index.scores_of(tokens, keys), dtype=np.float64)
+
+    def _per_session(self, sessions: Ints, raw: Floats) -> Floats:
+        """The session signal by session: ``raw`` over its best at ``sessions``, 0 elsewhere."""
+        per_session = np.zeros(len(self._session_keys), dtype=np.float64)
+        if len(raw) and raw.max() > 0:
+            per_session[sessions] = raw / raw.max()
+        return per_session
+
+    def _first_stage_rows(
+        self, rows: Ints, lexical: Floats, per_session: Floats, named: set[int], query: str
+    ) -> Floats:
+        """The signal rows of ``rows`` with the lexical, conversational and prior columns filled (the others 0),
+        from the lexical signal by slot (n + 1 cells, the last 0) and the session signal by session."""
+        out = np.zeros((len(rows), len(SIGNALS)), dtype=np.float64)
+        prev = self._prev[rows]
+        out[:, _COLUMN["lexical"]] = lexical[rows]
+        out[:, _COLUMN["previous"]] = lexical[prev]
+        out[:, _COLUMN["next"]] = lexical[self._next[rows]]
+        out[:, _COLUMN["previous2"]] = lexical[np.where(prev >= 0, self._prev[prev], -1)]
+        out[:, _COLUMN["length"]] = self._length[rows]
+        out[:, _COLUMN["session_start"]] = prev < 0
+        out[:, _COLUMN["time_mention"]] = self._time_mention[rows]
+        out[:, _PRIOR_COLUMNS] = self._priors[rows]
+        out[:, _COLUMN["session"]] = per_session[self._session[rows]]
 
         if named:
-            out[:, _COLUMN["speaker"]] = np.isin(self._speaker[:n], list(named))
+            out[:, _COLUMN["speaker"]] = np.isin(self._speaker[rows], list(named))
 
         intervals = dates.mentioned(query)
         for month in dates.month_only(query):
             intervals.extend(dates.month_interval(year, month) for year in self._years)
         if intervals:
-            day = self._day[:n]
-            nearest = np.full(n, np.inf)
+            day = self._day[rows]
+            nearest = np.full(len(rows), np.inf)
             for start, end in intervals:
                 nearest = np.minimum(nearest, np.maximum(np.maximum(start - day, day - end), 0.0))
             with np.errstate(invalid="ignore"):
                 out[:, _COLUMN["date"]] = np.where(np.isnan(day), 0.0, np.exp(-nearest / self.config.date_scale_days))
 
-        out[~self._alive[:n]] = 0.0
-        self._second_stage(out, tokens, weight_vector(self.config.first_stage) if first_stage is None else first_stage)
+        out[~self._alive[rows]] = 0.0
+        return out
 
-        dense = self._dense(query, n)
-        if dense is not None:
-            padded = np.append(dense, 0.0)
-            out[:, _COLUMN["dense"]] = dense
-            out[:, _COLUMN["previous_dense"]] = padded[prev]
-            out[:, _COLUMN["next_dense"]] = padded[self._next[:n]]
-        out[~self._alive[:n]] = 0.0
-        return out, dense is not None
+    def _feedback_docs(self, out: Floats, rows: Ints, first_stage: Floats) -> tuple[Ints, Floats]:
+        """The first stage's ``feedback_docs`` best memories that match the query (slots, best first) and their
+        first-stage scores: what the query is about, for the second stage.
 
-    def _second_stage(self, out: Floats, tokens: list[str], first_stage: Floats) -> None:
-        """Fill the feedback and latent columns from the first stage's best memories (pseudo-relevance feedback).
+        Their most distinctive terms (tf in the memory x idf x the memory's first-stage score, the query's own terms
+        left out) are a second BM25 query (``feedback``: the other halves of a multi-hop answer share words with the
+        first half, not with the question); the mean of their latent vectors is added to the query's own
+        (``latent``: topic match beyond shared words)."""
+        none = np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float64)
+        docs = self.config.feedback_docs
+        if docs <= 0:
+            return none
+        scores = out[:, FIRST_STAGE] @ first_stage[FIRST_STAGE]
+        scores[~(out[:, MATCHES] > 0).any(axis=1)] = 0.0
+        positive = np.flatnonzero(scores > 0)
+        if not len(positive):
+            return none
+        top = positive[np.argsort(-scores[positive], kind="stable")[: min(docs, len(positive))]]
+        return rows[top], scores[top]
 
-        The first stage ranks by the signals already in ``out``; its ``feedback_docs`` best memories that match
-        the query stand for what the query is about. Their most distinctive terms (tf in the memory x idf x the
-        memory's first-stage score, the query's own terms left out) are a second BM25 query (``feedback``: the
-        other halves of a multi-hop answer share words with the first half, not with the question); the mean of
-        their latent vectors is added to the query's own (``latent``: topic match beyond shared words).
-        """
-        config = self.config
-        n = len(out)
-        docs = config.feedback_docs
-        top = np.zeros(0, dtype=np.int64)
-        if docs > 0:
-            scores = out[:, FIRST_STAGE] @ first_stage[FIRST_STAGE]
-            scores[~(out[:, MATCHES] > 0).any(axis=1)] = 0.0
-            positive = np.flatnonzero(scores > 0)
-            if len(positive):
-                k = min(docs, len(positive))
-                top = positive[np.argsort(-scores[positive], kind="stable")[:k]]
-        if len(top):
-            best = float(scores[top[0]])
-            query_terms = set(tokens)
-            weights: dict[str, float] = {}
-            for slot in top:
-                own = self._tokens.get(int(slot), [])
-                if not own:
-                    continue
-                share = float(scores[slot]) / best / len(own)
-                for term, tf in Counter(own).items():
-                    if term not in query_terms:
-                        weights[term] = weights.get(term, 0.0) + share * tf * self.index.idf(term)
-            kept = sorted(weights.items(), key=lambda kv: -kv[1])[: config.feedback_terms]
-            feedback = self._bm25(dict(kept), n)
-            if feedback.max() > 0:
-                feedback /= feedback.max()
-                self._with_neighbours(out, "feedback", feedback)
-        latent = self._latent(tokens, top, n)
-        if latent is not None:
-            self._with_neighbours(out, "latent", latent)
+    def _feedback(self, top: Ints, top_scores: Floats, tokens: list[str], n: int) -> tuple[Floats, Ints] | None:
+        """The feedback signal by slot (n + 1 cells, the last 0; the best 1) and the slots holding a feedback term;
+        None when there is none."""
+        if not len(top):
+            return None
+        best = float(top_scores[0])
+        query_terms = set(tokens)
+        weights: dict[str, float] = {}
+        for slot, score in zip(top, top_scores, strict=True):
+            own = self._tokens.get(int(slot), [])
+            if not own:
+                continue
+            share = float(score) / best / len(own)
+            for term, tf in Counter(own).items():
+                if term not in query_terms:
+                    weights[term] = weights.get(term, 0.0) + share * tf * self.index.idf(term)
+        kept = sorted(weights.items(), key=lambda kv: -kv[1])[: self.config.feedback_terms]
+        feedback, touched = self._bm25_touched(dict(kept), n)
+        if not len(touched):
+            return None
+        high = float(feedback[touched].max())
+        if high <= 0:
+            return None
+        feedback /= high
+        return feedback, touched
 
-    def _bm25(self, term_weights: dict[str, float], n: int) -> Floats:
-        """LexicalIndex.weighted_scores by slot (n + 1 cells, the last 0), over postings cached as arrays: feedback
-        terms are common enough that the dict walk would cost milliseconds per query in a large cube."""
+    def _bm25(self, term_weights: Mapping[str, float], n: int) -> Floats:
+        """LexicalIndex.weighted_scores by slot (n + 1 cells, the last 0)."""
+        return self._bm25_touched(term_weights, n)[0]
+
+    def _bm25_touched(self, term_weights: Mapping[str, float], n: int) -> tuple[Floats, Ints]:
+        """LexicalIndex.weighted_scores by slot (n + 1 cells, the last 0) and the slots holding a term, over
+        postings cached as arrays: common terms would cost milliseconds per query through the dict walk in a large
+        cube."""
         index = self.index
         out = np.zeros(n + 1, dtype=np.float64)
+        touched: list[Ints] = []
         k1, b = index.k1, index.b
         average = index.average_length or 1.0
         for term, weight in term_weights.items():
@@ -601,47 +768,60 @@ class Retriever:
                 posting = index.posting(term)
                 if not posting:
                     continue
-                slots = np.fromiter((self._slot[d] for d in posting), dtype=np.int64, count=len(posting))
+                slots = np.fromiter(map(self._slot.__getitem__, posting), dtype=np.int64, count=len(posting))
                 counts = np.fromiter(posting.values(), dtype=np.float64, count=len(posting))
                 arrays = self._posting_arrays[term] = (slots, counts)
             slots, counts = arrays
             norm = k1 * (1.0 - b + b * self._token_count[slots] / average) if b else k1
             out[slots] += weight * index.idf(term) * counts * (k1 + 1.0) / (counts + norm)
-        return out
+            touched.append(slots)
+        # every posting's score is positive (idf > 0): one pass over the cells beats sorting the postings' slots
+        hit: Ints = np.flatnonzero(out[:n]) if touched else np.zeros(0, dtype=np.int64)
+        return out, hit
 
-    def _with_neighbours(self, out: Floats, name: str, values: Floats) -> None:
-        """Columns ``name``, ``previous_name`` and ``next_name`` from ``values`` (n + 1 cells, the last 0)."""
-        n = len(out)
-        out[:, _COLUMN[name]] = values[:n]
-        out[:, _COLUMN[f"previous_{name}"]] = values[self._prev[:n]]
-        out[:, _COLUMN[f"next_{name}"]] = values[self._next[:n]]
-        out[~self._alive[:n]] = 0.0
+    def _with_neighbours(self, out: Floats, rows: Ints, name: str, values: Floats) -> None:
+        """Columns ``name``, ``previous_name`` and ``next_name`` of ``rows`` from ``values`` (by slot, n + 1 cells,
+        the last 0)."""
+        out[:, _COLUMN[name]] = values[rows]
+        out[:, _COLUMN[f"previous_{name}"]] = values[self._prev[rows]]
+        out[:, _COLUMN[f"next_{name}"]] = values[self._next[rows]]
+        out[~self._alive[rows]] = 0.0
 
-    def _latent(self, tokens: list[str], feedback: Ints, n: int) -> Floats | None:
-        """Cosine of each memory's latent vector with the query's plus its feedback centroid, min-max scaled."""
+    def _latent_columns(self, out: Floats, rows: Ints, tokens: list[str], feedback: Ints, cover: Ints) -> None:
+        """The latent columns of ``rows``: cosine of each memory's latent vector with the query's plus its feedback
+        centroid, min-max scaled over ``cover`` (the slots the columns read: ``rows`` and their neighbours)."""
         latent = self.latent
         if latent.space is None:
-            return None
-        has = latent.has[:n] & self._alive[:n]
+            return
+        self._project(cover)
+        n = len(self._ids)
+        everything = len(cover) == n
+        has = latent.has[:n] & self._alive[:n] if everything else latent.has[cover] & self._alive[cover]
         if not has.any():
-            return None
-        vectors = latent.vectors[:n]
+            return
+        vectors = latent.vectors[:n] if everything else latent.vectors[cover]
         query = latent.space.project(tokens)
         direction = np.zeros(vectors.shape[1]) if query is None else query
-        chosen = feedback[has[feedback]] if len(feedback) else feedback
+        chosen = feedback[latent.has[feedback] & self._alive[feedback]] if len(feedback) else feedback
         if len(chosen):
-            centroid = vectors[chosen].mean(axis=0).astype(np.float64)
+            centroid = latent.vectors[chosen].mean(axis=0).astype(np.float64)
             norm = float(np.linalg.norm(centroid))
             if norm > 0:
                 direction = direction + centroid / norm
         if query is None and not len(chosen):
-            return None
+            return
         cosine = (vectors @ direction.astype(np.float32)).astype(np.float64)
         low, high = float(cosine[has].min()), float(cosine[has].max())
-        out = np.zeros(n + 1, dtype=np.float64)
+        values = np.zeros(n + 1, dtype=np.float64)
         if high > low:
-            out[:n] = np.where(has, (cosine - low) / (high - low), 0.0)
-        return out
+            values[cover] = np.where(has, (cosine - low) / (high - low), 0.0)
+        self._with_neighbours(out, rows, "latent", values)
+
+    def _dense_columns(self, out: Floats, rows: Ints, dense: Floats) -> None:
+        padded = np.append(dense, 0.0)
+        out[:, _COLUMN["dense"]] = padded[rows]
+        out[:, _COLUMN["previous_dense"]] = padded[self._prev[rows]]
+        out[:, _COLUMN["next_dense"]] = padded[self._next[rows]]
 
     def _dense(self, query: str, n: int) -> Floats | None:
         if self.embedder is None:
@@ -666,16 +846,20 @@ class Retriever:
         return result
 
     def rank(self, query: str, extra_terms: Sequence[str] = ()) -> Ranking:
-        """Fused scores of every memory for ``query`` (plus ``extra_terms`` as more query words)."""
-        matrix, dense = self.signals(query, extra_terms)
-        alive = np.flatnonzero(self._alive[: len(self._ids)])
+        """Fused scores for ``query`` (plus ``extra_terms`` as more query words) of every memory, or past
+        ``candidate_limit`` live memories of the bounded candidates (bounded_signals)."""
+        if len(self._slot) > self.config.candidate_limit:
+            alive, matrix, dense = self.bounded_signals(query, extra_terms)
+        else:
+            matrix, dense = self.signals(query, extra_terms)
+            alive = np.flatnonzero(self._alive[: len(self._ids)])
+            if len(alive) < len(matrix):
+                matrix = matrix[alive]
         weights = weight_vector(self.config.dense_weights if dense else self.config.weights)
-        if len(alive) < len(matrix):
-            matrix = matrix[alive]
         fused = matrix @ weights
         fused[~(matrix[:, MATCHES] > 0).any(axis=1)] = 0.0
         fused = self._scaled(fused)
-        ids = [self._ids[i] for i in alive]
+        ids = [self._ids[i] for i in alive.tolist()]
         return Ranking([i for i in ids if i is not None], fused, matrix, dense)
 
     def _scaled(self, fused: Floats) -> Floats:

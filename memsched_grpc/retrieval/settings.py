@@ -220,6 +220,12 @@ class RetrievalConfig(_Section):
     latent_fit_limit: int = Field(default=2000, ge=8)
     """The latent space is fitted on at most this many of the most recent memories (and every memory projected
     onto it), which bounds a refit's time and memory in very large cubes."""
+    candidate_limit: int = Field(default=1000, ge=1)
+    """Past this many live memories a query stops scoring every memory: it scores the ``candidate_limit`` best by
+    BM25 over the query's terms, the ``candidate_limit`` best by the feedback query, and their session neighbours
+    (the memories whose neighbour signals they feed). Conversation-size cubes (LoCoMo: ~700) never reach it, so
+    their rankings are exact; a 100k cube's query then costs about what a 5k cube's does. Memories tied to the
+    query only by speaker or date, not by a word, are no candidates past the limit."""
     candidate_pool: int = Field(default=100, ge=1)
     """How many fused candidates the query keeps for merging, de-duplication and reranking."""
     first_stage: FusionWeights = Field(default_factory=lambda: FIRST_STAGE_WEIGHTS)
