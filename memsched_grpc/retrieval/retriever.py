@@ -44,6 +44,7 @@ import bisect
 import logging
 import math
 import re
+from array import array
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -190,6 +191,9 @@ class Retriever:
         self._years: Counter[int] = Counter()
         self._pending_vectors: set[int] = set()
         self._posting_arrays: dict[str, tuple[Ints, Floats]] = {}
+        self._slot_postings: dict[str, tuple[array[int], array[float]]] = {}
+        """Per term, the slots holding it and its count there, appended as memories arrive; removed memories' slots
+        stay until a compaction (a query drops dead slots), so filling _posting_arrays is a copy, not a dict walk."""
         cap = _INITIAL_CAPACITY
         self._session = np.zeros(cap, dtype=np.int64)
         self._speaker = np.full(cap, -1, dtype=np.int64)
@@ -300,7 +304,13 @@ class Retriever:
         self._store_terms(slot, tokens)
         self._texts[slot] = text
         self.index.add(item.id, tokens)
+        postings = self._slot_postings
         for term, tf in Counter(tokens).items():  # cached postings grow in place: a query keeps them
+            held = postings.get(term)
+            if held is None:
+                held = postings[term] = (array("q"), array("d"))
+            held[0].append(slot)
+            held[1].append(tf)
             arrays = self._posting_arrays.get(term)
             if arrays is not None:
                 self._posting_arrays[term] = (np.append(arrays[0], slot), np.append(arrays[1], float(tf)))
@@ -422,6 +432,14 @@ class Retriever:
         self._signatures = {old_to_new[s]: t for s, t in self._signatures.items()}
         self._pending_vectors = {old_to_new[s] for s in self._pending_vectors}
         self._posting_arrays.clear()
+        self._slot_postings.clear()
+        for slot in sorted(self._tokens):
+            for term, tf in Counter(self._tokens[slot]).items():
+                held = self._slot_postings.get(term)
+                if held is None:
+                    held = self._slot_postings[term] = (array("q"), array("d"))
+                held[0].append(slot)
+                held[1].append(tf)
         for _, members in self._members:
             members[:] = [old_to_new[s] for s in members]
 
@@ -484,12 +502,12 @@ class Retriever:
         count = max(len(said), 1)
         known = self._speakers_by_word
         names = sum(1 for n in NAME.findall(text) if n.lower() not in known)
-        return [
-            sum(1 for w in said if w in FIRST_PERSON) / count,
-            sum(1 for w in said if w in SECOND_PERSON) / count,
+        return [  # map() rather than generators: this runs for every memory when a cube is loaded
+            sum(map(FIRST_PERSON.__contains__, said)) / count,
+            sum(map(SECOND_PERSON.__contains__, said)) / count,
             1.0 if text.rstrip().endswith("?") else 0.0,
             min(names, NAMES_CAP) / NAMES_CAP,
-            1.0 if any(c.isdigit() for c in text) else 0.0,
+            1.0 if any(map(str.isdigit, text)) else 0.0,
         ]
 
     def _window(self, slot: int) -> list[str]:
@@ -765,11 +783,16 @@ class Retriever:
         for term, weight in term_weights.items():
             arrays = self._posting_arrays.get(term)
             if arrays is None:
-                posting = index.posting(term)
-                if not posting:
+                held = self._slot_postings.get(term)
+                if held is None:
                     continue
-                slots = np.fromiter(map(self._slot.__getitem__, posting), dtype=np.int64, count=len(posting))
-                counts = np.fromiter(posting.values(), dtype=np.float64, count=len(posting))
+                slots = np.frombuffer(held[0], dtype=np.int64).copy()
+                counts = np.frombuffer(held[1], dtype=np.float64).copy()
+                live = self._alive[slots]
+                if not live.all():
+                    slots, counts = slots[live], counts[live]
+                if not len(slots):
+                    continue
                 arrays = self._posting_arrays[term] = (slots, counts)
             slots, counts = arrays
             norm = k1 * (1.0 - b + b * self._token_count[slots] / average) if b else k1
