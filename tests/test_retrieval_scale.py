@@ -78,10 +78,10 @@ def test_a_large_query_reads_a_bounded_number_of_memories() -> None:
 
 
 def test_lazy_latent_vectors_equal_the_eager_projection_through_removals_and_compaction() -> None:
-    retriever = Retriever(RetrievalConfig(candidate_limit=100))
+    retriever = Retriever(RetrievalConfig(candidate_limit=100, latent_project_limit=1000))
     items = _memories(3000)
     retriever.add_many(items)
-    assert not retriever.latent.known.any()  # a large cube's fit projects nothing
+    assert not retriever.latent.known.any()  # past latent_project_limit a fit projects nothing
     retriever.rank("w0 w5")
     assert 0 < int(retriever.latent.known.sum()) < 3000
     for item in items[:1600]:
@@ -117,3 +117,17 @@ def test_scores_of_some_documents_equal_scores() -> None:
         everything = index.scores(query)
         for ids in (["m1", "m2", "m50"], [f"m{i}" for i in range(200)]):
             assert index.scores_of(query, ids) == pytest.approx([everything.get(d, 0.0) for d in ids])
+
+
+def test_a_fit_projects_every_memory_up_to_the_projection_limit() -> None:
+    # Cubes of up to latent_project_limit memories get every latent vector at the fit, in array passes, so no
+    # query pays for projecting the memories it reads (a 10k cube's cold queries paid 20-140 ms that way).
+    retriever = Retriever(RetrievalConfig(candidate_limit=100))
+    retriever.add_many(_memories(3000))
+    live = np.flatnonzero(retriever._alive[: len(retriever._ids)])
+    assert retriever.latent.known[live].all()
+    eager, has = retriever.latent.vectors[live].copy(), retriever.latent.has[live].copy()
+    retriever.latent.known[:] = False
+    retriever.latent.project(live, retriever._window)
+    assert has.tolist() == retriever.latent.has[live].tolist()
+    assert eager == pytest.approx(retriever.latent.vectors[live], abs=1e-6)

@@ -525,7 +525,10 @@ class Retriever:
             return
         if self.latent.stale(len(self._slot)):
             live = [int(s) for s in np.flatnonzero(self._alive[: len(self._ids)])]
-            self.latent.refit(live, self._window, project=len(live) <= self.config.candidate_limit)
+            small = len(live) <= self.config.candidate_limit
+            self.latent.refit(live, self._window, project=small)
+            if not small and len(live) <= self.config.latent_project_limit:
+                self._project(np.asarray(live, dtype=np.int64))
             return
         if self.latent.space is None:
             return
