@@ -22,12 +22,11 @@ from memsched_grpc.inbox import FinishCallback, Inbox, Record, finish_now
 from memsched_grpc.models import ItemStatus, TaskState
 from memsched_grpc.pool import WorkerPool
 from memsched_grpc.store import keys
-from memsched_grpc.worker import FAILED, OK, RETRY, ResultTuple
+from memsched_grpc.worker import FAILED, OK, QUERY_LABEL, RETRY, ResultTuple
 
 log = logging.getLogger(__name__)
 LOW_WATER_INTERVAL = 1.0
 RECORD_RETRY = 1.0  # seconds before recording finished items in the inbox again after a storage error
-QUERY_LABEL = "query"
 
 
 @dataclass(slots=True)
@@ -234,6 +233,7 @@ class Dispatcher:
             self._failures_unrecorded += failures
             if tell_now:
                 self._uncount(finished)
+                self._changed.notify_all()
         if tell_now:
             self.listener(finished)
         self.finish_in_inbox(
@@ -275,7 +275,8 @@ class Dispatcher:
 
     def _uncount(self, finished: list[Finished]) -> None:
         """Take told items off the per-user and per-cube counts (what WaitIdle and the cube listing see), so
-        that a client that heard of an outcome never sees the item pending. Called under the lock."""
+        that a client that heard of an outcome never sees the item pending. Called under the lock; the caller
+        notifies the waiters."""
         for f in finished:
             r = f.record
             self._users[r.user_id] -= 1
@@ -285,7 +286,6 @@ class Dispatcher:
             self._cubes[cube] -= 1
             if not self._cubes[cube]:
                 del self._cubes[cube]
-        self._changed.notify_all()
 
     def _on_death(self, worker: int, culprit_seq: int) -> None:
         """The worker was replaced: charge an attempt to the item it was handling, redeliver what it held

@@ -9,6 +9,7 @@ import threading
 from collections.abc import Iterable
 
 from memsched_grpc.encoded_log import EncodedLog
+from memsched_grpc.models import LogItem
 
 WATCH_QUEUE_ITEMS = 10_000
 
@@ -27,7 +28,7 @@ class Subscription:
         self.overflowed = False
         self.closed = False
 
-    def matches(self, log: EncodedLog) -> bool:
+    def matches(self, log: EncodedLog | LogItem) -> bool:
         return (not self.mem_cube_id or log.mem_cube_id == self.mem_cube_id) and (
             not self.labels or log.label in self.labels
         )

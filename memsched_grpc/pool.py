@@ -26,7 +26,7 @@ _ctx = multiprocessing.get_context("spawn")
 SINGLE_THREADED_MATH = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
 """Set to 1 for the workers unless already set: the pool runs a worker per core, and numpy's BLAS threads
 inside each (OpenBLAS starts one per core) fight over the same cores. bench.workers measured 2 workers at
-330-387 items/s with them and 1,846-2,232 without."""
+330-387 items/s with them and 1,482-2,232 without."""
 
 
 class WorkerSlot:

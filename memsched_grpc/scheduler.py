@@ -379,8 +379,8 @@ class MemScheduler:
     ) -> tuple[Subscription, list[EncodedLog]]:
         """Subscribe first, then read history, so nothing falls between replay and live items."""
         sub = self.feed.subscribe(user_id, mem_cube_id, labels)
-        history = (EncodedLog.of(log) for log in self.history(user_id, mem_cube_id, replay))
-        return sub, [log for log in history if sub.matches(log)]
+        history = self.history(user_id, mem_cube_id, replay)
+        return sub, [EncodedLog.of(log) for log in history if sub.matches(log)]
 
     def list_cubes(self, user_id: str) -> list[CubeSummary]:
         """Every cube with stored state (of one user, or all), with its pending count."""
