@@ -131,9 +131,9 @@ class Cube:
         return cube_sizes(self.state)
 
     # writing
-    def put(self, item: MemoryItem) -> MemoryItem:
+    def put(self, item: MemoryItem, tokens: list[str] | None = None) -> MemoryItem:
         """Store a new or changed memory (its type must not change); returns it as stored (a new memory gets the
-        next insertion sequence number)."""
+        next insertion sequence number). ``tokens``: the text's tokens when the caller has them already."""
         if item.memory_type not in STORED_TYPES:
             raise ValueError(f"memories are stored in LongTermMemory or UserMemory, not {item.memory_type}")
         old = self.entries.get(item.id)
@@ -146,7 +146,7 @@ class Cube:
         else:
             self.by_fingerprint.pop(old.fingerprint, None)
         self.tables.put_memory(self._tx(), self.key, item)
-        self._remember(item)
+        self._remember(item, tokens)
         return item
 
     def archive(self, memory_id: str) -> MemoryItem | None:
@@ -209,11 +209,14 @@ class Cube:
         self.tables.append_log(self._tx(), self.key, item, self.history_keep)
         return item
 
-    def _remember(self, item: MemoryItem) -> None:
+    def _remember(self, item: MemoryItem, known_tokens: list[str] | None = None) -> None:
         fingerprint = text_fingerprint(item.memory)
         old = self.entries.get(item.id)
         same_text = old is not None and old.fingerprint == fingerprint  # a usage count or metadata changed
-        tokens = old.tokens if old is not None and same_text else tuple(tokenize(item.memory))
+        if old is not None and same_text:
+            tokens = old.tokens
+        else:
+            tokens = tuple(tokenize(item.memory) if known_tokens is None else known_tokens)
         self.entries[item.id] = Entry(
             item.memory_type, fingerprint, item.usage_count, item.updated_at.timestamp(), tokens
         )

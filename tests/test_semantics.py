@@ -3,9 +3,16 @@
 from __future__ import annotations
 
 import json
+import math
+from collections import Counter
 from typing import Any
 
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
 from memsched.v1 import items_pb2, scheduler_pb2
+from memsched_grpc.handlers.add import _near_duplicate_of, cosine
 from tests.conftest import Client, collect, item
 
 
@@ -121,3 +128,20 @@ def test_queued_labels_are_accepted_and_reported(client: Client) -> None:
     logs = _logs(client, [item(label=label, content=f"payload for {label}") for label in labels])
     assert [log.log_content for log in logs] == [f"[{label}] received: payload for {label}" for label in labels]
     assert all(log.label == "taskStatus" for log in logs)
+
+
+@given(
+    st.lists(st.sampled_from("abcdefgh"), min_size=1, max_size=14),
+    st.lists(st.sampled_from("abcdefgh"), min_size=1, max_size=14),
+    st.sampled_from([0.5, 0.75, 0.9]),
+)
+def test_near_duplicate_prefilter_never_misses_a_duplicate(a: list[str], b: list[str], threshold: float) -> None:
+    """The add handler skips most candidates on a bound before computing their cosine; the bound is exact."""
+    counts = Counter(a)
+    norm = math.sqrt(sum(v * v for v in counts.values()))
+    exact = cosine(a, b)
+    found = _near_duplicate_of(counts, norm, tuple(b), threshold)
+    if exact >= threshold:
+        assert found == pytest.approx(exact)
+    else:
+        assert found < threshold

@@ -15,6 +15,7 @@ import json
 import math
 from collections import Counter
 from dataclasses import dataclass, field
+from itertools import repeat
 from typing import Any
 
 from memsched_grpc.errors import PermanentError
@@ -93,6 +94,17 @@ def cosine(a: tuple[str, ...] | list[str], b: tuple[str, ...] | list[str]) -> fl
     return dot / math.sqrt(sum(v * v for v in ca.values()) * sum(v * v for v in cb.values()))
 
 
+def _near_duplicate_of(counts: Counter[str], norm: float, other: tuple[str, ...], threshold: float) -> float:
+    """Cosine of ``other`` with the new memory (``counts``, ``norm``) if it can reach ``threshold``, else 0.
+    Most candidates share a rare word and little else: their dot product, summed over their own tokens, is
+    checked against a bound first (a count vector's norm is at least the square root of its token count),
+    which is exact and skips building a Counter for each of them."""
+    dot = sum(map(counts.get, other, repeat(0)))
+    if not dot or dot < threshold * norm * math.sqrt(len(other)):
+        return 0.0
+    return dot / (norm * math.sqrt(sum(v * v for v in Counter(other).values())))
+
+
 def handle(ctx: HandlerContext) -> None:
     cube, message = ctx.cube, ctx.message
     now = utcnow()
@@ -131,7 +143,7 @@ def handle(ctx: HandlerContext) -> None:
         )
         if cube.get(item.id) is not None:
             raise InvalidContent(f"memory id {item.id!r} already exists with other text")
-        item = cube.put(item)
+        item = cube.put(item, tokens)
         working = [WorkingEntry(id=item.id), *cube.state.working]
         cube.set_working(working[: cube.capacities.working_memory_capacity])
         ctx.log(
@@ -151,9 +163,11 @@ def _near_duplicate(ctx: HandlerContext, tokens: list[str]) -> str | None:
     # A memory at cosine >= threshold shares nearly every term of the new one, so it holds at least one of
     # the new one's rarest terms unless it differs in all of them: candidates come from those terms only.
     threshold = ctx.config.dedup_threshold
+    counts = Counter(tokens)
+    norm = math.sqrt(sum(v * v for v in counts.values()))
     best, best_id = threshold, None
     for memory_id in ctx.cube.index.sharing_rarest(tokens):
-        similarity = cosine(tokens, ctx.cube.tokens(memory_id))
+        similarity = _near_duplicate_of(counts, norm, ctx.cube.tokens(memory_id), threshold)
         if similarity >= best:
             best, best_id = similarity, memory_id
     return best_id
