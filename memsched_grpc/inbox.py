@@ -29,6 +29,7 @@ DB_NAMES = ("status", "pending", "tasks", "meta", "dead", "finished", "final")
 _WAITING, _COMPLETED, _FAILED = b"W", b"C", b"F"
 _FINAL = {TaskState.COMPLETED: _COMPLETED, TaskState.FAILED: _FAILED}
 MAX_GROUP_ITEMS = 20_000
+FINISH_DELAY = 0.02  # seconds a finished item may wait to be recorded in the inbox (see GroupCommitter._run)
 
 
 @dataclass(slots=True)
@@ -395,26 +396,40 @@ class GroupCommitter:
         self._thread.join(30)
 
     def _run(self) -> None:
-        while True:
-            first = self._requests.get()
-            if first is None:
-                return
-            group = [first]
-            count = len(first.items if isinstance(first, _Accept) else first.done)
-            stop = False
-            while count < MAX_GROUP_ITEMS:
-                try:
+        """Accepts commit as soon as the previous commit is done: a client waits for their acks. Finishes are
+        only recorded (their outcome is told already), so they wait up to FINISH_DELAY and then ride along with
+        the next commit: fewer, larger finish groups write each status page once for many items, and the
+        accept commits that clients wait for stay small."""
+        held: list[_Finish] = []
+        due = 0.0
+        stop = False
+        while not stop:
+            wait = max(0.0, due - time.monotonic()) if held else None
+            group: list[_Accept | _Finish] = []
+            count = 0
+            try:
+                nxt = self._requests.get(timeout=wait)
+                while True:
+                    if nxt is None:
+                        stop = True
+                        break
+                    group.append(nxt)
+                    count += len(nxt.items) if isinstance(nxt, _Accept) else len(nxt.done)
+                    if count >= MAX_GROUP_ITEMS:
+                        break
                     nxt = self._requests.get_nowait()
-                except queue.Empty:
-                    break
-                if nxt is None:
-                    stop = True
-                    break
-                group.append(nxt)
-                count += len(nxt.items if isinstance(nxt, _Accept) else nxt.done)
-            self._commit(group)
-            if stop:
-                return
+            except queue.Empty:
+                pass
+            accepts = [r for r in group if isinstance(r, _Accept)]
+            finishes = [r for r in group if isinstance(r, _Finish)]
+            if finishes and not held:
+                due = time.monotonic() + FINISH_DELAY
+            held.extend(finishes)
+            if held and (stop or time.monotonic() >= due or sum(len(f.done) for f in held) >= MAX_GROUP_ITEMS):
+                self._commit([*accepts, *held])
+                held = []
+            elif accepts:
+                self._commit(list(accepts))
 
     def _commit(self, group: list[_Accept | _Finish]) -> None:
         accepts = [r for r in group if isinstance(r, _Accept)]

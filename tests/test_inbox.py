@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from pathlib import Path
 
 from memsched_grpc.config import StorageConfig
-from memsched_grpc.inbox import Inbox, Incoming
+from memsched_grpc.inbox import GroupCommitter, Inbox, Incoming
 from memsched_grpc.models import TaskState
 from tests.conftest import item
 
@@ -40,3 +41,30 @@ def test_retention_forgets_finished_items_but_keeps_dead_letters(tmp_path: Path)
         assert inbox.status("dead") is None and not inbox.dead_letters("", "", 10)
     finally:
         inbox.close()
+
+
+def test_group_commit_records_held_finishes_on_time_and_at_stop(tmp_path: Path) -> None:
+    """Finishes wait for a later commit (FINISH_DELAY) so that accept commits stay small; none may be lost: they
+    commit on their own when no accept comes, and stop() commits what is held."""
+    inbox = Inbox(StorageConfig(data_dir=tmp_path, map_size_mb=4))
+    committer = GroupCommitter(inbox, lambda records: None)
+    committer.start()
+    try:
+        first, second = inbox.accept([_incoming("first"), _incoming("second")])
+        assert first and second
+        recorded = threading.Event()
+        committer.finish([(first, TaskState.COMPLETED)], lambda error: recorded.set())
+        assert recorded.wait(10), "a held finish with no traffic after it was never committed"
+        assert inbox.status("first").state == TaskState.COMPLETED  # type: ignore[union-attr]
+
+        outcomes: list[Exception | None] = []
+        committer.finish([(second, TaskState.FAILED)], outcomes.append)
+        accepted = threading.Event()
+        committer.submit([_incoming("third")], lambda records, error: accepted.set())
+        assert accepted.wait(10)
+    finally:
+        committer.stop()
+    assert outcomes == [None]
+    assert inbox.status("second").state == TaskState.FAILED  # type: ignore[union-attr]
+    assert inbox.status("third").state == TaskState.WAITING  # type: ignore[union-attr]
+    inbox.close()
