@@ -264,7 +264,6 @@ class Dispatcher:
                 if self._by_worker[r.worker].pop(r.seq, None) is not None:
                     self._sent[r.worker] -= 1
                     workers.add(r.worker)
-                self._outstanding -= 1
             if tell:
                 self._uncount(finished)
             self._changed.notify_all()
@@ -274,9 +273,10 @@ class Dispatcher:
             self._pump(worker)
 
     def _uncount(self, finished: list[Finished]) -> None:
-        """Take told items off the per-user and per-cube counts (what WaitIdle and the cube listing see), so
-        that a client that heard of an outcome never sees the item pending. Called under the lock; the caller
-        notifies the waiters."""
+        """Take told items off the backlog and the per-user and per-cube counts (what admission, WaitIdle and the
+        cube listing see), so that a client that heard of an outcome never sees the item pending. Called once
+        per item, under the lock; the caller notifies the waiters."""
+        self._outstanding -= len(finished)
         for f in finished:
             r = f.record
             self._users[r.user_id] -= 1
