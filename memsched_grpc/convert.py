@@ -44,14 +44,19 @@ STATE_TO_PROTO: dict[TaskState, items_pb2.TaskStatus.ValueType] = {
 STATE_FROM_PROTO = {v: k for k, v in STATE_TO_PROTO.items()}
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
 def timestamp(value: datetime | float | None) -> Timestamp:
-    ts = Timestamp()
     if value is None:
-        return ts
+        return Timestamp()
     if isinstance(value, datetime):
-        ts.FromDatetime(value.astimezone(UTC))
-    else:
-        ts.FromNanoseconds(int(value * 1e9))
+        # Timestamp.FromDatetime goes through utctimetuple and calendar.timegm (1.6 µs); the timedelta's integer
+        # fields give the same seconds and nanos in 0.5 µs, and every log item carries two or more timestamps.
+        delta = (value if value.tzinfo is UTC else value.astimezone(UTC)) - _EPOCH
+        return Timestamp(seconds=delta.days * 86_400 + delta.seconds, nanos=delta.microseconds * 1000)
+    ts = Timestamp()
+    ts.FromNanoseconds(int(value * 1e9))
     return ts
 
 

@@ -3,8 +3,13 @@ must get back what the handler logged."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, timezone
 
+from google.protobuf.timestamp_pb2 import Timestamp
+from hypothesis import given
+from hypothesis import strategies as st
+
+from memsched_grpc import convert
 from memsched_grpc.encoded_log import EncodedLog
 from memsched_grpc.models import (
     LogEntry,
@@ -48,3 +53,14 @@ def test_encoded_log_round_trips() -> None:
     assert back.model_dump(exclude={"metadata"}) == item.model_dump(exclude={"metadata"})
     m = back.metadata[0]
     assert (m.id, m.memory, m.key, m.tags, m.updated_at) == ("m1", "His name is Max", "dog", ["pet"], when)
+
+
+@given(
+    st.datetimes(min_value=datetime(1, 1, 2), max_value=datetime(9999, 12, 30), timezones=st.sampled_from([UTC, None])),
+    st.integers(min_value=-12 * 60, max_value=14 * 60),
+)
+def test_timestamps_equal_protobufs_own_conversion(when: datetime, offset_minutes: int) -> None:
+    for value in (when, when.replace(tzinfo=timezone(timedelta(minutes=offset_minutes)))):
+        expected = Timestamp()
+        expected.FromDatetime(value.astimezone(UTC))
+        assert convert.timestamp(value) == expected
