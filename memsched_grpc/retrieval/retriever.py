@@ -48,7 +48,7 @@ from array import array
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -166,7 +166,9 @@ class Ranking:
         return [(self.ids[i], float(self.scores[i])) for i in head if self.scores[i] > 0]
 
     def score_map(self) -> dict[str, float]:
-        return {memory_id: float(s) for memory_id, s in zip(self.ids, self.scores, strict=True) if s > 0}
+        positive = np.flatnonzero(self.scores > 0)
+        ids = self.ids
+        return {ids[i]: s for i, s in zip(positive.tolist(), self.scores[positive].tolist(), strict=True)}
 
 
 class Retriever:
@@ -672,9 +674,14 @@ class Retriever:
         parts = [slots, before, after]
         if depth > 1:
             parts.append(self._next[after[after >= 0]])
-        out = np.unique(np.concatenate(parts))
-        out = out[out >= 0]
-        kept: Ints = out[self._alive[out]]
+        # marking slots in a cube-sized mask is linear but several times cheaper than np.unique's hashing of
+        # the few thousand slots a large cube's query reads (the last cell absorbs a missing neighbour, -1)
+        mark = np.zeros(len(self._ids) + 1, dtype=np.bool_)
+        for part in parts:
+            mark[part] = True
+        mark[-1] = False
+        mark[: len(self._ids)] &= self._alive[: len(self._ids)]
+        kept: Ints = np.flatnonzero(mark)
         return kept
 
     def _session_scores(self, sessions: Ints, tokens: list[str]) -> Floats:
@@ -885,8 +892,8 @@ class Retriever:
         fused = matrix @ weights
         fused[~(matrix[:, MATCHES] > 0).any(axis=1)] = 0.0
         fused = self._scaled(fused)
-        ids = [self._ids[i] for i in alive.tolist()]
-        return Ranking([i for i in ids if i is not None], fused, matrix, dense)
+        ids = self._ids
+        return Ranking(cast(list[str], [ids[i] for i in alive.tolist()]), fused, matrix, dense)  # alive: no None
 
     def _scaled(self, fused: Floats) -> Floats:
         """Relevance in 0..1: the best memory 1, the last of the candidate pool (and anything below) 0.
