@@ -131,3 +131,14 @@ def test_a_fit_projects_every_memory_up_to_the_projection_limit() -> None:
     retriever.latent.project(live, retriever._window)
     assert has.tolist() == retriever.latent.has[live].tolist()
     assert eager == pytest.approx(retriever.latent.vectors[live], abs=1e-6)
+
+
+def test_several_evidences_merge_what_each_found_in_a_large_cube() -> None:
+    # each evidence of a large cube has candidates of its own: the merge must not be limited to the first's
+    retriever = Retriever(RetrievalConfig(candidate_limit=100))
+    retriever.add_many(_memories(4000))
+    evidences = ["w250 w251", "w17 w300"]
+    merged = dict(retriever.evidence_rank(evidences, 10).top(20))
+    for evidence in evidences:
+        for memory_id, score in retriever.rank(evidence).top(10):
+            assert merged.get(memory_id, 0.0) >= score

@@ -881,7 +881,8 @@ class Retriever:
     def rank(self, query: str, extra_terms: Sequence[str] = ()) -> Ranking:
         """Fused scores for ``query`` (plus ``extra_terms`` as more query words) of every memory, or past
         ``candidate_limit`` live memories of the bounded candidates (bounded_signals)."""
-        if len(self._slot) > self.config.candidate_limit:
+        bounded = len(self._slot) > self.config.candidate_limit
+        if bounded:
             alive, matrix, dense = self.bounded_signals(query, extra_terms)
         else:
             matrix, dense = self.signals(query, extra_terms)
@@ -892,6 +893,9 @@ class Retriever:
         fused = matrix @ weights
         fused[~(matrix[:, MATCHES] > 0).any(axis=1)] = 0.0
         fused = self._scaled(fused)
+        if bounded:  # of the candidates only those with a score matter (top, score_map): the rest need no id
+            keep = np.flatnonzero(fused > 0)
+            alive, fused, matrix = alive[keep], fused[keep], matrix[keep]
         ids = self._ids
         return Ranking(cast(list[str], [ids[i] for i in alive.tolist()]), fused, matrix, dense)  # alive: no None
 
@@ -917,10 +921,14 @@ class Retriever:
         rankings = [self.rank(e, extra_terms) for e in evidences]
         if len(rankings) == 1:
             return rankings[0]
-        base = rankings[0]
-        best: dict[str, float] = {}
+        # over the union of what each evidence found: in a large cube each evidence has candidates of its own
+        best: dict[str, tuple[float, Floats]] = {}
         for ranking in rankings:
+            row_of = {memory_id: i for i, memory_id in enumerate(ranking.ids)}
             for memory_id, score in ranking.top(per_evidence):
-                best[memory_id] = max(best.get(memory_id, 0.0), score)
-        scores = np.array([best.get(m, 0.0) for m in base.ids], dtype=np.float64)
-        return Ranking(base.ids, scores, base.signals, base.dense)
+                if memory_id not in best or score > best[memory_id][0]:
+                    best[memory_id] = (score, ranking.signals[row_of[memory_id]])
+        ids = list(best)
+        scores = np.array([best[m][0] for m in ids], dtype=np.float64)
+        signals = np.array([best[m][1] for m in ids]).reshape(len(ids), rankings[0].signals.shape[1])
+        return Ranking(ids, scores, signals, rankings[0].dense)
