@@ -8,7 +8,7 @@ import pytest
 
 from memsched_grpc.models import MemoryItem
 from memsched_grpc.retrieval.lexical import LexicalIndex
-from memsched_grpc.retrieval.retriever import SIGNALS, Retriever
+from memsched_grpc.retrieval.retriever import SIGNALS, Retriever, spread
 from memsched_grpc.retrieval.settings import RetrievalConfig
 
 WORDS = [f"w{i}" for i in range(300)]
@@ -62,7 +62,7 @@ def test_a_cube_within_the_limit_is_ranked_over_every_memory() -> None:
         full, _ = exact.signals(query)
         ranking = exact.rank(query)
         assert len(ranking.ids) == 400
-        fused = full @ np.array([getattr(exact.config.weights, n) for n in SIGNALS])
+        fused = spread(full) @ np.array([getattr(exact.config.weights, n) for n in SIGNALS])
         assert ranking.top(1)[0][0] == f"m{int(np.argmax(fused))}"
         assert len(bounded.rank(query).ids) < 400
 

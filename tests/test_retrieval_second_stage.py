@@ -8,7 +8,7 @@ import pytest
 
 from memsched_grpc.models import MemoryItem
 from memsched_grpc.retrieval import latent
-from memsched_grpc.retrieval.retriever import SIGNALS, Retriever
+from memsched_grpc.retrieval.retriever import SIGNALS, SPREAD, SPREAD_MIN_MATCHES, SPREAD_UNITS, Retriever, spread
 from memsched_grpc.retrieval.settings import RetrievalConfig
 
 TOPICS = {
@@ -144,3 +144,44 @@ def test_feedback_scoring_over_cached_arrays_equals_the_index(b: float) -> None:
     for memory_id, score in retriever.index.weighted_scores(weights).items():
         expected[retriever._slot[memory_id]] = score
     assert got == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("width", [1, 2, 3])
+def test_a_latent_window_holds_the_memories_around_it_in_its_session(width: int) -> None:
+    retriever = Retriever(RetrievalConfig(latent_window=width))
+    items = [
+        MemoryItem(id=f"t{n}", memory=f"word{n}", sequence=n, metadata={"session_id": "a" if n < 6 else "b"})
+        for n in range(10)
+    ]
+    retriever.add_many(items)
+    window = set(retriever._window(retriever._slot["t3"]))
+    assert window == {f"word{n}" for n in range(max(0, 3 - width), min(6, 4 + width))}  # never past the session
+    retriever.remove("t4")  # the memories whose windows held t4 are projected again
+    space = retriever.latent.space
+    assert space is not None
+    for item in items:
+        if item.id != "t4":
+            expected = space.project(retriever._window(retriever._slot[item.id]))
+            assert expected is not None
+            slot = retriever._slot[item.id]
+            assert retriever.latent.vectors[slot] == pytest.approx(expected.astype(np.float32), abs=1e-5)
+
+
+def test_query_signals_enter_the_fusion_in_units_of_their_spread() -> None:
+    rng = np.random.default_rng(5)
+    matrix = np.zeros((50, len(SIGNALS)))
+    matrix[:, SIGNALS.index("speaker")] = 1.0  # not a spread signal: unchanged
+    lexical, session, feedback = SIGNALS.index("lexical"), SIGNALS.index("session"), SIGNALS.index("feedback")
+    matrix[:20, lexical] = rng.random(20)
+    matrix[:SPREAD_MIN_MATCHES, session] = 0.5  # matches all alike: one deviation each
+    matrix[:3, feedback] = [0.2, 0.4, 0.1]  # too few matches to measure a spread: scaled to the best
+    scaled = spread(matrix)
+    assert scaled[:, SIGNALS.index("speaker")].tolist() == [1.0] * 50
+    positive = matrix[:20, lexical]
+    assert scaled[:, lexical] == pytest.approx(matrix[:, lexical] / (SPREAD_UNITS * positive.std()))
+    assert not scaled[20:, lexical].any()  # no match stays no match
+    assert scaled[:SPREAD_MIN_MATCHES, session] == pytest.approx([1.0 / SPREAD_UNITS] * SPREAD_MIN_MATCHES)
+    assert scaled[:3, feedback] == pytest.approx([0.5, 1.0, 0.25])
+    assert SIGNALS.index("latent") in SPREAD and SIGNALS.index("date") not in SPREAD
+    assert spread(np.zeros((3, len(SIGNALS)))).tolist() == np.zeros((3, len(SIGNALS))).tolist()
+    assert not np.shares_memory(scaled, matrix)

@@ -33,7 +33,7 @@ from bench.locomo.__main__ import bundled_minilm
 from bench.locomo.data import CATEGORIES, DEFAULT_PATH, Conversation, Tally, load
 from memsched_grpc.models import MemoryItem, MemoryType
 from memsched_grpc.retrieval.components import components
-from memsched_grpc.retrieval.retriever import FIRST_STAGE, SIGNALS, Retriever, weight_vector
+from memsched_grpc.retrieval.retriever import FIRST_STAGE, SIGNALS, Retriever, spread, weight_vector
 from memsched_grpc.retrieval.settings import EmbedderConfig, FusionWeights, RetrievalConfig
 
 K = 20
@@ -54,8 +54,12 @@ class QuestionRows:
     total: int  # valid evidence turns, including ones the cube does not hold
 
 
-def build(conv: Conversation, config: RetrievalConfig) -> tuple[Retriever, dict[str, str]]:
-    """A retriever holding the conversation as the service would: one memory per turn, in order."""
+def build(conv: Conversation, config: RetrievalConfig, incremental: bool = False) -> tuple[Retriever, dict[str, str]]:
+    """A retriever holding the conversation as the service does when the questions come: one memory per turn, in
+    order, indexed at once (a cube's retriever is built on its first query from the memories stored by then, so
+    bench.locomo's cubes fit their latent space once over the whole conversation). ``incremental``: one memory at a
+    time instead, as a retriever that is already loaded while the conversation arrives indexes them (the latent
+    space is then refitted as the cube grows, every ``latent_refit_growth``)."""
     retriever = Retriever(config, components(config).embedder)
     created = datetime.now(UTC)
     items = []
@@ -71,7 +75,11 @@ def build(conv: Conversation, config: RetrievalConfig) -> tuple[Retriever, dict[
                 sequence=seq,
             )
         )
-    retriever.add_many(items)
+    if incremental:
+        for item in items:
+            retriever.add(item)
+    else:
+        retriever.add_many(items)
     return retriever, {t.dia_id: t.dia_id for t in conv.turns}
 
 
@@ -185,11 +193,19 @@ def normalised(w: Floats) -> Floats:
 
 
 def report(title: str, overall: Tally, by_category: dict[int, Tally]) -> None:
-    print(f"{title}: pooled {overall.pooled:.3f}  mean {overall.mean:.3f}  ({overall.questions} questions)")
+    print(
+        f"{title}: pooled {overall.pooled:.3f} ({overall.found} of {overall.total})  mean {overall.mean:.3f}"
+        f"  ({overall.questions} questions)"
+    )
     for category in sorted(by_category):
         t = by_category[category]
         name = CATEGORIES.get(category, str(category))
         print(f"    {category} {name:<12} pooled {t.pooled:.3f}  mean {t.mean:.3f}  ({t.questions})")
+
+
+def spread_rows(data: list[list[QuestionRows]]) -> list[list[QuestionRows]]:
+    """The signals as the fusion reads them (retriever.spread); the first stage reads them unscaled."""
+    return [[QuestionRows(q.category, spread(q.signals), q.labels, q.total) for q in rows] for rows in data]
 
 
 def _columns(data: list[list[QuestionRows]], columns: list[int]) -> list[list[QuestionRows]]:
@@ -221,6 +237,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tokenizer", default="")
     parser.add_argument("--objective", choices=["pairwise", "logistic"], default="pairwise")
     parser.add_argument("--l2", type=float, default=1e-2, help="pairwise L2 (the pointwise fits use 1e-3)")
+    parser.add_argument(
+        "--incremental", action="store_true", help="index the memories one at a time, as a loaded retriever does"
+    )
     parser.add_argument("--scheduler", default="", help="retrieval settings as JSON, e.g. '{\"feedback_docs\": 0}'")
     args = parser.parse_args(argv)
     if not args.path.exists():
@@ -231,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
     embedder = EmbedderConfig(kind=args.embedder, model=args.model, tokenizer=args.tokenizer, threads=2)
     config = RetrievalConfig(embedder=embedder, **(json.loads(args.scheduler) if args.scheduler else {}))
     conversations = load(args.path)
-    retrievers = [build(conv, config)[0] for conv in conversations]
+    retrievers = [build(conv, config, args.incremental)[0] for conv in conversations]
     data = collect(conversations, retrievers, quiet=False)
     dense = args.embedder != "none"
     columns = [i for i, name in enumerate(SIGNALS) if dense or "dense" not in name]
@@ -245,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
     lexical_only[SIGNALS.index("lexical")] = 1.0
     report("lexical only (BM25)", *recall(data, lexical_only))
     shipped = config.dense_weights if dense else config.weights
-    report("shipped weights", *recall(data, weight_vector(shipped)))
+    report("shipped weights", *recall(spread_rows(data), weight_vector(shipped)))
     report("shipped first stage alone", *recall(data, weight_vector(config.first_stage)))
 
     held_out = Tally()
@@ -253,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
     for i, conv in enumerate(conversations):
         first = np.zeros(len(SIGNALS))
         first[first_columns] = fit_logistic(_columns(data[:i] + data[i + 1 :], first_columns))
-        fold = _columns(collect(conversations, retrievers, first), columns)
+        fold = _columns(spread_rows(collect(conversations, retrievers, first)), columns)
         w = fit_second(fold[:i] + fold[i + 1 :])
         overall, by_category = recall([fold[i]], w)
         print(f"  held out {conv.sample_id}: pooled {overall.pooled:.3f}  weights {np.round(normalised(w), 3)}")
@@ -262,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
 
     first = np.zeros(len(SIGNALS))
     first[first_columns] = fit_logistic(_columns(data, first_columns))
-    every = _columns(collect(conversations, retrievers, first), columns)
+    every = _columns(spread_rows(collect(conversations, retrievers, first)), columns)
     w_all = fit_second(every)
     report("fitted on all (in-sample, for reference only)", *recall(every, w_all))
     print(f"first_stage to ship: {weights_of(first_columns, first[first_columns])!r}")

@@ -19,7 +19,8 @@ when (``session_date``/``date``/``timestamp``, else created_at) and insertion or
   words (people are asked about what they said about themselves, not about what they said to the other), whether
   the memory is a question, how many capitalised names it holds (up to 3) and whether it holds a number;
 - latent, previous_latent, next_latent (second stage): cosine, in the cube's own LSA space (retrieval/latent.py),
-  of the memory's window with the query plus the centroid of the first stage's best memories, min-max scaled;
+  of the memory's window (it and the ``latent_window`` memories either side of it) with the query plus the centroid
+  of the first stage's best memories, min-max scaled;
 - feedback, previous_feedback, next_feedback (second stage): BM25 of the distinctive terms of the first stage's
   best memories (pseudo-relevance feedback), the query's own terms left out: the other halves of a multi-hop
   answer share words with the first half rather than with the question;
@@ -28,8 +29,10 @@ when (``session_date``/``date``/``timestamp``, else created_at) and insertion or
 
 The first stage ranks by the lexical and conversational signals (``first_stage`` weights); its ``feedback_docs``
 best memories feed the second-stage signals, and the fused score is the weighted sum of all of them (``weights``,
-fitted, see FusionWeights). Everything is incremental: adding a memory touches its postings, its session's
-postings, two neighbour links and (between refits of the latent space) three latent projections; a query is two
+fitted, see FusionWeights), the query-dependent ones taken in units of their spread over the query's matches
+(spread()). Everything is incremental: adding a memory touches its postings, its session's postings, two neighbour
+links and (between refits of the latent space) the latent projections of the memories within ``latent_window`` of
+it; a query is two
 BM25 passes over postings plus a few vector operations over the cube, about a millisecond at conversation sizes.
 
 Past ``candidate_limit`` live memories (conversation-size cubes never get there) a query is bounded: the signals
@@ -100,6 +103,29 @@ MATCHES = [_COLUMN[n] for n in ("lexical", "previous", "next", "previous2", "spe
 session's score or its priors: it is not a candidate, and it does not outrank memories that match. The latent
 signal is not one of them: the cube's LSA space puts every memory at some distance from every query, so a topic
 match alone would make the whole cube a candidate (the dense signal does, but only when a model is configured)."""
+SPREAD = [
+    _COLUMN[n]
+    for n in (
+        "lexical",
+        "previous",
+        "next",
+        "previous2",
+        "session",
+        "latent",
+        "previous_latent",
+        "next_latent",
+        "feedback",
+        "previous_feedback",
+        "next_feedback",
+    )
+]
+"""Query-dependent signals that enter the fusion in units of their spread over the query's matches (spread())."""
+SPREAD_UNITS = 10.0
+"""A signal enters the fusion as value / (SPREAD_UNITS x standard deviation): ~0..1 like the others (on LoCoMo the
+best match of a query stands 4-11 deviations above 0, 25 at most)."""
+SPREAD_MIN_MATCHES = 8
+"""A signal that matches fewer memories than this is scaled to its best, as built: a handful of values says little
+about a spread (two sessions of a small cube that score alike would put one of them many deviations up)."""
 TIME_MENTION = re.compile(
     r"\b(?:yesterday|today|tonight|tomorrow|ago|recently|since"
     r"|(?:last|next|this)\s+(?:week|weekend|month|year|night|time|morning|summer|winter|spring|fall))\b",
@@ -141,6 +167,35 @@ def index_text(item: MemoryItem, metadata_keys: Sequence[str]) -> str:
         elif isinstance(value, list):
             parts.extend(v for v in value if isinstance(v, str))
     return "\n".join(parts)
+
+
+def spread(matrix: Floats) -> Floats:
+    """``matrix`` with each SPREAD column divided by SPREAD_UNITS times the standard deviation of its positive values.
+
+    The signals are built scaled to their best memory (or min-max): the scale of a signal then rests on one memory,
+    and the same weight means a different thing from one query to the next. Divided by their spread over the
+    memories the query matches (z-score normalisation before fusion, without the shift, which changes no order), a
+    signal counts how far a memory stands out among the query's matches, comparably across signals and queries; on
+    LoCoMo that orders the places around 20 better (held-out recall@20 0.795 -> 0.801, bench/RESULTS.md), mostly by
+    letting a match that stands far above the others count for more than 1 (capping the values at 1 lost the
+    gain). Matches all alike stand out from none of each other and count as one deviation (1 / SPREAD_UNITS; a
+    one-word query's BM25 matches often are: with b = 0 a word said once scores the same in every memory, and
+    letting those count more lost 1 % held-out); fewer than SPREAD_MIN_MATCHES matches are scaled to their best."""
+    out = matrix.copy()
+    block = out[:, SPREAD]
+    positive = block > 0
+    count = positive.sum(axis=0)
+    if not count.any():
+        return out
+    values = np.where(positive, block, 0.0)
+    mean = values.sum(axis=0) / np.maximum(count, 1)
+    deviation = np.sqrt(np.where(positive, (block - mean) ** 2, 0.0).sum(axis=0) / np.maximum(count, 1))
+    alike = deviation <= 1e-9 * mean
+    scale = SPREAD_UNITS * np.where(alike, mean, deviation)
+    scale = np.where(count < SPREAD_MIN_MATCHES, values.max(axis=0), scale)
+    scale[scale <= 0] = 1.0
+    out[:, SPREAD] = block / scale
+    return out
 
 
 def weight_vector(weights: FusionWeights) -> Floats:
@@ -262,9 +317,8 @@ class Retriever:
         self._prev[slot] = self._next[slot] = -1
         self.latent.forget(slot)
         self.latent.changed()
-        for neighbour in (before, after):
-            if neighbour >= 0:
-                self.latent.fold_in(neighbour, self._window(neighbour))
+        for neighbour in self._reach(before, after):
+            self.latent.fold_in(neighbour, self._window(neighbour))
         if not math.isnan(self._day[slot]):
             year = dates.year_of(int(self._day[slot]))
             self._years[year] -= 1
@@ -486,8 +540,14 @@ class Retriever:
             self._space_columns = (space, columns)
         columns = self._space_columns[1]
         rows = np.arange(len(todo), dtype=np.int64)
-        sources = np.concatenate([todo, self._prev[todo], self._next[todo]])
-        owners = np.concatenate([rows, rows, rows])
+        parts, owners_of = [todo], [rows]
+        for links in (self._prev, self._next):
+            reached = todo
+            for _ in range(self.config.latent_window):
+                reached = np.where(reached >= 0, links[reached], -1)
+                parts.append(reached)
+                owners_of.append(rows)
+        sources, owners = np.concatenate(parts), np.concatenate(owners_of)
         present = sources >= 0
         offsets, lengths = self._ranges(sources[present])
         terms = self._flat_terms[offsets]
@@ -512,12 +572,25 @@ class Retriever:
             1.0 if any(map(str.isdigit, text)) else 0.0,
         ]
 
+    def _reach(self, before: int, after: int) -> list[int]:
+        """The memories within ``latent_window`` places of a point in a session, walking back from ``before`` and
+        forward from ``after`` (-1: none): the memories whose latent window holds a memory there."""
+        out = []
+        for start, links in ((before, self._prev), (after, self._next)):
+            slot = start
+            for _ in range(self.config.latent_window):
+                if slot < 0:
+                    break
+                out.append(slot)
+                slot = int(links[slot])
+        return out
+
     def _window(self, slot: int) -> list[str]:
-        """The tokens a memory is placed in the latent space by: its own and its two session neighbours'."""
+        """The tokens a memory is placed in the latent space by: its own and those of the ``latent_window`` memories
+        said just before and just after it in its session."""
         out = list(self._tokens.get(slot, ()))
-        for neighbour in (int(self._prev[slot]), int(self._next[slot])):
-            if neighbour >= 0:
-                out.extend(self._tokens.get(neighbour, ()))
+        for neighbour in self._reach(int(self._prev[slot]), int(self._next[slot])):
+            out.extend(self._tokens.get(neighbour, ()))
         return out
 
     def _update_latent(self, slots: list[int]) -> None:
@@ -536,7 +609,7 @@ class Retriever:
             return
         touched = set(slots)
         for slot in slots:
-            touched.update(n for n in (int(self._prev[slot]), int(self._next[slot])) if n >= 0)
+            touched.update(self._reach(int(self._prev[slot]), int(self._next[slot])))
         for slot in touched:
             if self._alive[slot]:
                 self.latent.fold_in(slot, self._window(slot))
@@ -890,8 +963,10 @@ class Retriever:
             if len(alive) < len(matrix):
                 matrix = matrix[alive]
         weights = weight_vector(self.config.dense_weights if dense else self.config.weights)
+        matches = (matrix[:, MATCHES] > 0).any(axis=1)
+        matrix = spread(matrix)
         fused = matrix @ weights
-        fused[~(matrix[:, MATCHES] > 0).any(axis=1)] = 0.0
+        fused[~matches] = 0.0
         fused = self._scaled(fused)
         if bounded:  # of the candidates only those with a score matter (top, score_map): the rest need no id
             keep = np.flatnonzero(fused > 0)
