@@ -55,7 +55,10 @@ def _serve(args: argparse.Namespace) -> int:
     print(f"memsched listening on {server.address}", flush=True)
     if args.port_file:
         args.port_file.write_text(str(port))
-    stop_requested.wait()
+    # A timed wait: a signal the kernel delivers to another thread (gRPC's, the pool's) only sets a flag that the
+    # main thread checks when it runs again; blocked in an untimed wait it never does (seen: SIGTERM ignored).
+    while not stop_requested.wait(0.2):
+        pass
     server.stop()
     return 0
 
