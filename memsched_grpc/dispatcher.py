@@ -225,9 +225,16 @@ class Dispatcher:
         later outcomes wait too, so outcomes reach listeners in the order they came."""
         if not finished:
             return
+        workers: set[int] = set()
         with self._changed:
             for f in finished:
-                f.record.outcome = f.state
+                r = f.record
+                r.outcome = f.state
+                # the worker is done with it: its credit goes to the next items now, not when the inbox records
+                # it (up to FINISH_DELAY later), or a query would wait for that
+                if self._by_worker[r.worker].pop(r.seq, None) is not None:
+                    self._sent[r.worker] -= 1
+                    workers.add(r.worker)
             failures = sum(1 for f in finished if f.state == TaskState.FAILED)
             tell_now = not failures and not self._failures_unrecorded
             self._failures_unrecorded += failures
@@ -239,6 +246,8 @@ class Dispatcher:
         self.finish_in_inbox(
             [(f.record, f.state) for f in finished], partial(self._recorded, finished, failures, not tell_now)
         )
+        for worker in workers:
+            self._pump(worker)
 
     def _recorded(self, finished: list[Finished], failures: int, tell: bool, error: Exception | None) -> None:
         """The inbox recorded ``finished`` (runs on its commit thread), or failed to, and it is tried again: until
@@ -253,7 +262,6 @@ class Dispatcher:
             retry.daemon = True
             retry.start()
             return
-        workers: set[int] = set()
         with self._changed:
             self._failures_unrecorded -= failures
             for f in finished:
@@ -261,16 +269,11 @@ class Dispatcher:
                 if self._records.pop(r.seq, None) is None:
                     continue
                 self._by_item.pop(r.item_id, None)
-                if self._by_worker[r.worker].pop(r.seq, None) is not None:
-                    self._sent[r.worker] -= 1
-                    workers.add(r.worker)
             if tell:
                 self._uncount(finished)
             self._changed.notify_all()
         if tell:
             self.listener(finished)
-        for worker in workers:
-            self._pump(worker)
 
     def _uncount(self, finished: list[Finished]) -> None:
         """Take told items off the backlog and the per-user and per-cube counts (what admission, WaitIdle and the
