@@ -8,6 +8,7 @@ import pytest
 
 from memsched_grpc.models import MemoryItem
 from memsched_grpc.retrieval import latent
+from memsched_grpc.retrieval.latent import MIN_REFIT_CHANGES, LatentIndex
 from memsched_grpc.retrieval.retriever import SIGNALS, SPREAD, SPREAD_MIN_MATCHES, SPREAD_UNITS, Retriever, spread
 from memsched_grpc.retrieval.settings import RetrievalConfig
 
@@ -185,3 +186,15 @@ def test_query_signals_enter_the_fusion_in_units_of_their_spread() -> None:
     assert SIGNALS.index("latent") in SPREAD and SIGNALS.index("date") not in SPREAD
     assert spread(np.zeros((3, len(SIGNALS)))).tolist() == np.zeros((3, len(SIGNALS))).tolist()
     assert not np.shares_memory(scaled, matrix)
+
+
+def test_a_small_cube_growing_one_memory_at_a_time_is_not_refitted_on_every_add() -> None:
+    index = LatentIndex(dimensions=8, refit_growth=0.1, fit_limit=2000)
+    words = [f"w{i}" for i in range(40)]
+    index.ensure_capacity(64)
+    index.refit(list(range(20)), lambda slot: words[slot % 40 : slot % 40 + 3])
+    assert index.space is not None
+    index.changed(5)  # 25 % of the fitted size, but only 5 memories: the space would barely change
+    assert not index.stale(25)
+    index.changed(MIN_REFIT_CHANGES - 4)
+    assert index.stale(20 + MIN_REFIT_CHANGES + 1)
