@@ -94,15 +94,16 @@ def cosine(a: tuple[str, ...] | list[str], b: tuple[str, ...] | list[str]) -> fl
     return dot / math.sqrt(sum(v * v for v in ca.values()) * sum(v * v for v in cb.values()))
 
 
-def _near_duplicate_of(counts: Counter[str], norm: float, other: tuple[str, ...], threshold: float) -> float:
-    """Cosine of ``other`` with the new memory (``counts``, ``norm``) if it can reach ``threshold``, else 0.
-    Most candidates share a rare word and little else: their dot product, summed over their own tokens, is
-    checked against a bound first (a count vector's norm is at least the square root of its token count),
-    which is exact and skips building a Counter for each of them."""
+def _near_duplicate_of(counts: Counter[str], squares: int, other: tuple[str, ...], threshold: float) -> float:
+    """cosine() of ``other`` with the new memory (its ``counts`` and their sum of squares) if it can reach
+    ``threshold``, else 0. Most candidates share a rare word and little else: their dot product, summed over their
+    own tokens, is checked first against a bound (a count vector's sum of squares is at least its token count),
+    which skips building a Counter for each of them. The bound leaves a little room for rounding, so it never
+    skips a memory cosine() puts at the threshold, and the value returned is cosine()'s, bit for bit."""
     dot = sum(map(counts.get, other, repeat(0)))
-    if not dot or dot < threshold * norm * math.sqrt(len(other)):
+    if not dot or dot * dot < threshold * threshold * squares * len(other) * (1 - 1e-9):
         return 0.0
-    return dot / (norm * math.sqrt(sum(v * v for v in Counter(other).values())))
+    return dot / math.sqrt(squares * sum(v * v for v in Counter(other).values()))
 
 
 def handle(ctx: HandlerContext) -> None:
@@ -164,10 +165,10 @@ def _near_duplicate(ctx: HandlerContext, tokens: list[str]) -> str | None:
     # the new one's rarest terms unless it differs in all of them: candidates come from those terms only.
     threshold = ctx.config.dedup_threshold
     counts = Counter(tokens)
-    norm = math.sqrt(sum(v * v for v in counts.values()))
+    squares = sum(v * v for v in counts.values())
     best, best_id = threshold, None
     for memory_id in ctx.cube.index.sharing_rarest(tokens):
-        similarity = _near_duplicate_of(counts, norm, ctx.cube.tokens(memory_id), threshold)
+        similarity = _near_duplicate_of(counts, squares, ctx.cube.tokens(memory_id), threshold)
         if similarity >= best:
             best, best_id = similarity, memory_id
     return best_id
