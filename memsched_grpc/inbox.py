@@ -401,6 +401,7 @@ class GroupCommitter:
         the next commit: fewer, larger finish groups write each status page once for many items, and the
         accept commits that clients wait for stay small."""
         held: list[_Finish] = []
+        held_items = 0
         due = 0.0
         stop = False
         while not stop:
@@ -425,15 +426,14 @@ class GroupCommitter:
             if finishes and not held:
                 due = time.monotonic() + FINISH_DELAY
             held.extend(finishes)
-            if held and (stop or time.monotonic() >= due or sum(len(f.done) for f in held) >= MAX_GROUP_ITEMS):
-                self._commit([*accepts, *held])
-                held = []
+            held_items += sum(len(f.done) for f in finishes)
+            if held and (stop or time.monotonic() >= due or held_items >= MAX_GROUP_ITEMS):
+                self._commit(accepts, held)
+                held, held_items = [], 0
             elif accepts:
-                self._commit(list(accepts))
+                self._commit(accepts, [])
 
-    def _commit(self, group: list[_Accept | _Finish]) -> None:
-        accepts = [r for r in group if isinstance(r, _Accept)]
-        finishes = [r for r in group if isinstance(r, _Finish)]
+    def _commit(self, accepts: list[_Accept], finishes: list[_Finish]) -> None:
         items = [item for request in accepts for item in request.items]
         try:
             records = self.inbox.accept(items, [d for request in finishes for d in request.done])
