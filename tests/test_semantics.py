@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from collections import Counter
 from typing import Any
 
@@ -10,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from memsched.v1 import items_pb2, scheduler_pb2
-from memsched_grpc.handlers.add import _near_duplicate_of, cosine
+from memsched_grpc.handlers.add import _near_duplicate_of
 from tests.conftest import Client, collect, item
 
 
@@ -126,6 +127,15 @@ def test_queued_labels_are_accepted_and_reported(client: Client) -> None:
     logs = _logs(client, [item(label=label, content=f"payload for {label}") for label in labels])
     assert [log.log_content for log in logs] == [f"[{label}] received: payload for {label}" for label in labels]
     assert all(log.label == "taskStatus" for log in logs)
+
+
+def cosine(a: list[str], b: list[str]) -> float:
+    """The plain token-count cosine the add handler's near-duplicate check must agree with."""
+    ca, cb = Counter(a), Counter(b)
+    dot = sum(v * cb.get(k, 0) for k, v in ca.items())
+    if not dot:
+        return 0.0
+    return dot / math.sqrt(sum(v * v for v in ca.values()) * sum(v * v for v in cb.values()))
 
 
 @given(

@@ -86,20 +86,12 @@ def _from_chat(message: Message, i: int, entry: Any, default_type: MemoryType, b
     return NewMemory(entry["content"].strip(), memory_type, memory_id, tags, metadata, str(entry.get("key", "")))
 
 
-def cosine(a: tuple[str, ...] | list[str], b: tuple[str, ...] | list[str]) -> float:
-    ca, cb = Counter(a), Counter(b)
-    dot = sum(v * cb.get(k, 0) for k, v in ca.items())
-    if not dot:
-        return 0.0
-    return dot / math.sqrt(sum(v * v for v in ca.values()) * sum(v * v for v in cb.values()))
-
-
 def _near_duplicate_of(counts: Counter[str], squares: int, other: tuple[str, ...], threshold: float) -> float:
-    """cosine() of ``other`` with the new memory (its ``counts`` and their sum of squares) if it can reach
-    ``threshold``, else 0. Most candidates share a rare word and little else: their dot product, summed over their
-    own tokens, is checked first against a bound (a count vector's sum of squares is at least its token count),
-    which skips building a Counter for each of them. The bound leaves a little room for rounding, so it never
-    skips a memory cosine() puts at the threshold, and the value returned is cosine()'s, bit for bit."""
+    """The cosine of token counts between ``other`` and the new memory (its ``counts`` and their sum of squares) if
+    it can reach ``threshold``, else 0. Most candidates share a rare word and little else: their dot product, summed
+    over their own tokens, is checked first against a bound (a count vector's sum of squares is at least its token
+    count), which skips building a Counter for each of them. The bound leaves a little room for rounding, so it
+    never skips a memory whose cosine is at the threshold."""
     dot = sum(map(counts.get, other, repeat(0)))
     if not dot or dot * dot < threshold * threshold * squares * len(other) * (1 - 1e-9):
         return 0.0
