@@ -360,16 +360,7 @@ class Retriever:
         self._store_terms(slot, tokens)
         self._texts[slot] = text
         self.index.add(item.id, tokens)
-        postings = self._slot_postings
-        for term, tf in Counter(tokens).items():  # cached postings grow in place: a query keeps them
-            held = postings.get(term)
-            if held is None:
-                held = postings[term] = (array("q"), array("d"))
-            held[0].append(slot)
-            held[1].append(tf)
-            arrays = self._posting_arrays.get(term)
-            if arrays is not None:
-                self._posting_arrays[term] = (np.append(arrays[0], slot), np.append(arrays[1], float(tf)))
+        self._post(slot, tokens)
 
         self._arrivals += 1
         key = (float(item.sequence), item.created_at.timestamp(), self._arrivals)
@@ -490,14 +481,23 @@ class Retriever:
         self._posting_arrays.clear()
         self._slot_postings.clear()
         for slot in sorted(self._tokens):
-            for term, tf in Counter(self._tokens[slot]).items():
-                held = self._slot_postings.get(term)
-                if held is None:
-                    held = self._slot_postings[term] = (array("q"), array("d"))
-                held[0].append(slot)
-                held[1].append(tf)
+            self._post(slot, self._tokens[slot])
         for _, members in self._members:
             members[:] = [old_to_new[s] for s in members]
+
+    def _post(self, slot: int, tokens: list[str]) -> None:
+        """Append ``slot`` to the slot postings of its terms; postings a query already cached as arrays grow in
+        place, so the query after an add keeps them."""
+        postings, cached = self._slot_postings, self._posting_arrays
+        for term, tf in Counter(tokens).items():
+            held = postings.get(term)
+            if held is None:
+                held = postings[term] = (array("q"), array("d"))
+            held[0].append(slot)
+            held[1].append(tf)
+            arrays = cached.get(term)
+            if arrays is not None:
+                cached[term] = (np.append(arrays[0], slot), np.append(arrays[1], float(tf)))
 
     def _store_terms(self, slot: int, tokens: list[str]) -> None:
         """Keep the memory's tokens as term ids in one flat array (slot ``slot`` at ``_term_start[slot]``, as many
