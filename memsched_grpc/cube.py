@@ -27,12 +27,12 @@ from memsched_grpc.models import (
     cube_sizes,
 )
 from memsched_grpc.retrieval.components import components
-from memsched_grpc.retrieval.lexical import LexicalIndex
 from memsched_grpc.retrieval.retriever import Retriever
 from memsched_grpc.retrieval.settings import RetrievalConfig
 from memsched_grpc.retrieval.tokenizer import tokenize
 from memsched_grpc.store import keys
 from memsched_grpc.store.cubes import CubeTables
+from memsched_grpc.term_index import TermIndex
 
 STORED_TYPES = (MemoryType.LONG_TERM, MemoryType.USER)
 _SPACES = re.compile(r"\s+")
@@ -61,7 +61,7 @@ class Cube:
         self.state = state
         self.capacities = capacities
         self.history_keep = history_keep
-        self.index = LexicalIndex()
+        self.terms = TermIndex()
         self.entries: dict[str, Entry] = {}
         self.by_fingerprint: dict[bytes, str] = {}
         self.txn: lmdb.Transaction | None = None
@@ -156,7 +156,7 @@ class Cube:
             return None
         entry = self.entries.pop(memory_id)
         self.by_fingerprint.pop(entry.fingerprint, None)
-        self.index.remove(memory_id)
+        self.terms.remove(memory_id, entry.tokens)
         if self._retriever is not None:
             self._retriever.remove(memory_id)
         txn = self._tx()
@@ -222,7 +222,9 @@ class Cube:
         )
         self.by_fingerprint[fingerprint] = item.id
         if not same_text:
-            self.index.add(item.id, tokens)
+            if old is not None:
+                self.terms.remove(item.id, old.tokens)
+            self.terms.add(item.id, tokens)
         self.last_sequence = max(self.last_sequence, item.sequence)
         if self._retriever is not None:
             self._retriever.add(item)

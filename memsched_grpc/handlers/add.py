@@ -159,7 +159,7 @@ def _near_duplicate(ctx: HandlerContext, tokens: list[str]) -> str | None:
     counts = Counter(tokens)
     squares = sum(v * v for v in counts.values())
     best, best_id = threshold, None
-    for memory_id in ctx.cube.index.sharing_rarest(tokens):
+    for memory_id in ctx.cube.terms.sharing_rarest(tokens):
         similarity = _near_duplicate_of(counts, squares, ctx.cube.tokens(memory_id), threshold)
         if similarity >= best:
             best, best_id = similarity, memory_id
