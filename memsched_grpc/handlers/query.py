@@ -42,8 +42,8 @@ class _KeptVectors:
         self.norms: list[float] = []
         self.postings: dict[str, list[int]] = {}
 
-    def most_similar(self, tokens: tuple[str, ...]) -> float:
-        counts = Counter(tokens)
+    def most_similar(self, counts: Counter[str]) -> float:
+        """The highest cosine of ``counts`` (a candidate's token counts) with a kept memory's."""
         dots: dict[int, float] = {}
         for token, n in counts.items():
             for j in self.postings.get(token, ()):
@@ -53,8 +53,7 @@ class _KeptVectors:
         norm = math.sqrt(sum(v * v for v in counts.values()))
         return max(dot / (norm * self.norms[j]) for j, dot in dots.items())
 
-    def add(self, tokens: tuple[str, ...]) -> None:
-        counts = Counter(tokens)
+    def add(self, counts: Counter[str]) -> None:
         j = len(self.counts)
         self.counts.append(counts)
         self.norms.append(math.sqrt(sum(v * v for v in counts.values())))
@@ -112,9 +111,10 @@ def handle(ctx: HandlerContext) -> None:
         tokens = cube.tokens(memory_id)
         if len(" ".join(tokens)) < MIN_MEMORY_CHARS:
             continue
-        if vectors.most_similar(tokens) >= config.working_dedup_threshold:
+        counts = Counter(tokens)
+        if vectors.most_similar(counts) >= config.working_dedup_threshold:
             continue
-        vectors.add(tokens)
+        vectors.add(counts)
         kept.append(memory_id)
 
     # 5. rerank the head; the reordered memories take the head's relevance values in their new order
