@@ -60,7 +60,6 @@ from memsched_grpc.models import MemoryItem
 from memsched_grpc.retrieval import dates
 from memsched_grpc.retrieval.embedders import Embedder, EmbeddingError, Matrix
 from memsched_grpc.retrieval.latent import LatentIndex, LatentSpace
-from memsched_grpc.retrieval.lexical import LexicalIndex
 from memsched_grpc.retrieval.settings import FusionWeights, RetrievalConfig
 from memsched_grpc.retrieval.tokenizer import STOPWORDS, stem, tokenize, words
 
@@ -232,8 +231,6 @@ class Retriever:
     def __init__(self, config: RetrievalConfig, embedder: Embedder | None = None) -> None:
         self.config = config
         self.embedder = embedder
-        self.index = LexicalIndex(config.k1, config.b)
-        self.sessions_index = LexicalIndex(config.k1, config.session_b)
         self._ids: list[str | None] = []
         self._slot: dict[str, int] = {}
         self._tokens: dict[int, list[str]] = {}
@@ -241,7 +238,14 @@ class Retriever:
         self._signatures: dict[int, tuple[Any, ...]] = {}
         self._arrivals = 0
         self._session_of_key: dict[str, int] = {}
-        self._session_keys: list[str] = []
+        self._session_length = np.zeros(_INITIAL_CAPACITY, dtype=np.int64)
+        self._session_present = np.zeros(_INITIAL_CAPACITY, dtype=bool)
+        """Sessions counted as BM25 documents: one joins with its first memory and leaves when a removal leaves it
+        without a token (as a document grown and shrunk term by term would), so a session of empty memories counts
+        until one of them goes."""
+        self._sessions_present = 0
+        self._total_tokens = 0
+        """Tokens of the live memories: the summed length of the memories, and of the sessions, as BM25 documents."""
         self._members: list[tuple[list[tuple[float, float, int]], list[int]]] = []
         self._speaker_of_name: dict[str, int] = {}
         self._speakers_by_word: dict[str, set[int]] = {}
@@ -261,6 +265,11 @@ class Retriever:
         self._length = np.zeros(cap, dtype=np.float64)
         self._token_count = np.zeros(cap, dtype=np.float64)
         self._term_id: dict[str, int] = {}
+        self._terms: list[str] = []
+        """Term by id (the inverse of _term_id)."""
+        self._df: list[int] = []
+        """Live memories holding the term, by term id: BM25's document frequency, kept with the slot postings
+        instead of in a second index of the same postings keyed by memory id."""
         self._flat_terms = np.zeros(_INITIAL_CAPACITY * 16, dtype=np.int64)
         self._flat_size = 0
         self._term_start = np.zeros(cap, dtype=np.int64)
@@ -300,12 +309,17 @@ class Retriever:
         self._pending_vectors.discard(slot)
         self._texts.pop(slot, None)
         self._signatures.pop(slot, None)
-        self.index.remove(memory_id)
         tokens = self._tokens.pop(slot, [])
+        self._total_tokens -= len(tokens)
         for term in set(tokens):
             self._posting_arrays.pop(term, None)
+            self._df[self._term_id[term]] -= 1
         session = int(self._session[slot])
-        self.sessions_index.retract(self._session_keys[session], tokens)
+        if self._session_present[session]:
+            self._session_length[session] -= len(tokens)
+            if not self._session_length[session]:
+                self._session_present[session] = False
+                self._sessions_present -= 1
         order, members = self._members[session]
         at = members.index(slot)
         del order[at], members[at]
@@ -359,8 +373,10 @@ class Retriever:
         self._tokens[slot] = tokens
         self._store_terms(slot, tokens)
         self._texts[slot] = text
-        self.index.add(item.id, tokens)
+        self._total_tokens += len(tokens)
         self._post(slot, tokens)
+        for term in set(tokens):
+            self._df[self._term_id[term]] += 1
 
         self._arrivals += 1
         key = (float(item.sequence), item.created_at.timestamp(), self._arrivals)
@@ -368,12 +384,17 @@ class Retriever:
         session_name = f"add:{item.source_item_id}" if session_key is None else f"session:{session_key}"
         session = self._session_of_key.get(session_name)
         if session is None:
-            session = len(self._session_keys)
+            session = len(self._session_of_key)
             self._session_of_key[session_name] = session
-            self._session_keys.append(session_name)
             self._members.append(([], []))
+            if session == len(self._session_present):
+                self._session_length = np.append(self._session_length, np.zeros(session, dtype=np.int64))
+                self._session_present = np.append(self._session_present, np.zeros(session, dtype=bool))
         self._session[slot] = session
-        self.sessions_index.extend(session_name, tokens)
+        self._session_length[session] += len(tokens)
+        if not self._session_present[session]:
+            self._session_present[session] = True
+            self._sessions_present += 1
         self._link(slot, session, key)
 
         speaker = first_value(item.metadata, config.speaker_keys)
@@ -503,7 +524,13 @@ class Retriever:
         """Keep the memory's tokens as term ids in one flat array (slot ``slot`` at ``_term_start[slot]``, as many
         as ``_token_count[slot]``): a large cube's latent vectors are projected from them in a few array passes."""
         ids = self._term_id
+        known = len(ids)
         terms = [ids.setdefault(t, len(ids)) for t in tokens]
+        if len(ids) > known:
+            for term, j in zip(tokens, terms, strict=True):
+                if j == len(self._terms):
+                    self._terms.append(term)
+            self._df.extend([0] * (len(ids) - known))
         end = self._flat_size + len(terms)
         if end > len(self._flat_terms):
             grown = np.zeros(max(end, 2 * len(self._flat_terms)), dtype=np.int64)
@@ -671,17 +698,12 @@ class Retriever:
         if not self._slot:
             return np.zeros((n, len(SIGNALS)), dtype=np.float64), False
         named, tokens = self._query(query, extra_terms)
-        lexical = np.zeros(n + 1, dtype=np.float64)  # the extra last cell is 0: where a missing neighbour (-1) points
-        scores = self.index.scores(tokens)
-        if scores:
-            slot = self._slot
-            lexical[[slot[m] for m in scores]] = list(scores.values())
+        # the extra last cell is 0: where a missing neighbour (-1) points
+        lexical, hit = self._bm25_touched(Counter(tokens), n)
+        if len(hit):
             lexical /= lexical.max()
-        per_session = np.zeros(len(self._session_keys), dtype=np.float64)
-        session_scores = self.sessions_index.scores(tokens)
-        if session_scores:
-            for key, score in session_scores.items():
-                per_session[self._session_of_key[key]] = score
+        per_session = self._session_bm25(tokens)
+        if per_session.any():
             per_session /= per_session.max()
         rows = np.arange(n)
         out = self._first_stage_rows(rows, lexical, per_session, named, query)
@@ -759,13 +781,44 @@ class Retriever:
 
     def _session_scores(self, sessions: Ints, tokens: list[str]) -> Floats:
         """The BM25 scores of ``sessions`` (as whole documents) for the query's tokens."""
-        names = self._session_keys
-        keys = [names[s] for s in sessions.tolist()]
-        return np.asarray(self.sessions_index.scores_of(tokens, keys), dtype=np.float64)
+        scores: Floats = self._session_bm25(tokens)[sessions]
+        return scores
+
+    def _session_bm25(self, tokens: list[str]) -> Floats:
+        """BM25 of every session as one document (its live memories' tokens) for the query's tokens, by session.
+
+        A session's term counts are summed from the slot postings of the query's terms: sessions keep no postings
+        of their own, which in a cube without session metadata (every memory its own session) held the cube's
+        postings a second time."""
+        count = len(self._session_of_key)
+        out = np.zeros(count, dtype=np.float64)
+        n = self._sessions_present
+        if n == 0:
+            return out
+        average = self._total_tokens / n or 1.0
+        k1, b = self.config.k1, self.config.session_b
+        for term, qtf in Counter(tokens).items():
+            arrays = self._live_posting(term)
+            if arrays is None:
+                continue
+            slots, counts = arrays
+            sessions = self._session[slots]
+            if len(slots) * 8 < count:
+                held, inverse = np.unique(sessions, return_inverse=True)
+                tf = np.bincount(inverse, weights=counts)
+            else:
+                summed = np.bincount(sessions, weights=counts, minlength=count)
+                held = np.flatnonzero(summed)
+                tf = summed[held]
+            df = len(held)
+            idf = math.log(1.0 + (n - df + 0.5) / (df + 0.5))
+            norm = k1 * (1.0 - b + b * self._session_length[held] / average)
+            out[held] += qtf * idf * tf * (k1 + 1.0) / (tf + norm)
+        return out
 
     def _per_session(self, sessions: Ints, raw: Floats) -> Floats:
         """The session signal by session: ``raw`` over its best at ``sessions``, 0 elsewhere."""
-        per_session = np.zeros(len(self._session_keys), dtype=np.float64)
+        per_session = np.zeros(len(self._session_of_key), dtype=np.float64)
         if len(raw) and raw.max() > 0:
             per_session[sessions] = raw / raw.max()
         return per_session
@@ -839,7 +892,7 @@ class Retriever:
             share = float(score) / best / len(own)
             for term, tf in Counter(own).items():
                 if term not in query_terms:
-                    weights[term] = weights.get(term, 0.0) + share * tf * self.index.idf(term)
+                    weights[term] = weights.get(term, 0.0) + share * tf * self._idf(term)
         kept = sorted(weights.items(), key=lambda kv: -kv[1])[: self.config.feedback_terms]
         feedback, touched = self._bm25_touched(dict(kept), n)
         if not len(touched):
@@ -858,32 +911,47 @@ class Retriever:
         """LexicalIndex.weighted_scores by slot (n + 1 cells, the last 0) and the slots holding a term, over
         postings cached as arrays: common terms would cost milliseconds per query through the dict walk in a large
         cube."""
-        index = self.index
         out = np.zeros(n + 1, dtype=np.float64)
         touched: list[Ints] = []
-        k1, b = index.k1, index.b
-        average = index.average_length or 1.0
+        k1, b = self.config.k1, self.config.b
+        average = (self._total_tokens / len(self._slot) if self._slot else 0.0) or 1.0
         for term, weight in term_weights.items():
-            arrays = self._posting_arrays.get(term)
+            arrays = self._live_posting(term)
             if arrays is None:
-                held = self._slot_postings.get(term)
-                if held is None:
-                    continue
-                slots = np.frombuffer(held[0], dtype=np.int64).copy()
-                counts = np.frombuffer(held[1], dtype=np.float64).copy()
-                live = self._alive[slots]
-                if not live.all():
-                    slots, counts = slots[live], counts[live]
-                if not len(slots):
-                    continue
-                arrays = self._posting_arrays[term] = (slots, counts)
+                continue
             slots, counts = arrays
             norm = k1 * (1.0 - b + b * self._token_count[slots] / average) if b else k1
-            out[slots] += weight * index.idf(term) * counts * (k1 + 1.0) / (counts + norm)
+            out[slots] += weight * self._idf(term) * counts * (k1 + 1.0) / (counts + norm)
             touched.append(slots)
         # every posting's score is positive (idf > 0): one pass over the cells beats sorting the postings' slots
         hit: Ints = np.flatnonzero(out[:n]) if touched else np.zeros(0, dtype=np.int64)
         return out, hit
+
+    def _live_posting(self, term: str) -> tuple[Ints, Floats] | None:
+        """The live slots holding ``term`` and its count in each, cached as arrays; None when no live memory does."""
+        arrays = self._posting_arrays.get(term)
+        if arrays is None:
+            held = self._slot_postings.get(term)
+            if held is None:
+                return None
+            slots = np.frombuffer(held[0], dtype=np.int64).copy()
+            counts = np.frombuffer(held[1], dtype=np.float64).copy()
+            live = self._alive[slots]
+            if not live.all():
+                slots, counts = slots[live], counts[live]
+            if not len(slots):
+                return None
+            arrays = self._posting_arrays[term] = (slots, counts)
+        return arrays
+
+    def _idf(self, term: str) -> float:
+        """BM25's idf of ``term`` over the live memories (0 when none holds it)."""
+        found = self._term_id.get(term)
+        df = self._df[found] if found is not None else 0
+        if not df:
+            return 0.0
+        n = len(self._slot)
+        return math.log(1.0 + (n - df + 0.5) / (df + 0.5))
 
     def _with_neighbours(self, out: Floats, rows: Ints, name: str, values: Floats) -> None:
         """Columns ``name``, ``previous_name`` and ``next_name`` of ``rows`` from ``values`` (by slot, n + 1 cells,
