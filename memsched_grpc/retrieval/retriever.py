@@ -44,6 +44,7 @@ projecting every memory and a memory is projected when a query first reads it.
 from __future__ import annotations
 
 import bisect
+import hashlib
 import logging
 import math
 import re
@@ -233,8 +234,9 @@ class Retriever:
         self.embedder = embedder
         self._ids: list[str | None] = []
         self._slot: dict[str, int] = {}
-        self._tokens: dict[int, list[str]] = {}
         self._texts: dict[int, str] = {}
+        """The texts of memories still to embed (an embedder is set); a memory's tokens are its term ids in
+        _flat_terms."""
         self._signatures: dict[int, tuple[Any, ...]] = {}
         self._arrivals = 0
         self._session_of_key: dict[str, int] = {}
@@ -270,7 +272,7 @@ class Retriever:
         self._df: list[int] = []
         """Live memories holding the term, by term id: BM25's document frequency, kept with the slot postings
         instead of in a second index of the same postings keyed by memory id."""
-        self._flat_terms = np.zeros(_INITIAL_CAPACITY * 16, dtype=np.int64)
+        self._flat_terms = np.zeros(_INITIAL_CAPACITY * 16, dtype=np.int32)
         self._flat_size = 0
         self._term_start = np.zeros(cap, dtype=np.int64)
         self._space_columns: tuple[LatentSpace | None, Ints] = (None, np.zeros(0, dtype=np.int64))
@@ -309,14 +311,14 @@ class Retriever:
         self._pending_vectors.discard(slot)
         self._texts.pop(slot, None)
         self._signatures.pop(slot, None)
-        tokens = self._tokens.pop(slot, [])
-        self._total_tokens -= len(tokens)
-        for term in set(tokens):
-            self._posting_arrays.pop(term, None)
-            self._df[self._term_id[term]] -= 1
+        held = self._term_ids(slot)
+        self._total_tokens -= len(held)
+        for term_id in set(held):
+            self._posting_arrays.pop(self._terms[term_id], None)
+            self._df[term_id] -= 1
         session = int(self._session[slot])
         if self._session_present[session]:
-            self._session_length[session] -= len(tokens)
+            self._session_length[session] -= len(held)
             if not self._session_length[session]:
                 self._session_present[session] = False
                 self._sessions_present -= 1
@@ -344,7 +346,7 @@ class Retriever:
         config = self.config
         text = index_text(item, config.indexed_metadata_keys)
         signature = (
-            text,
+            hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).digest(),
             item.sequence,
             item.created_at,
             first_value(item.metadata, config.session_keys),
@@ -370,9 +372,9 @@ class Retriever:
         self._time_mention[slot] = 1.0 if TIME_MENTION.search(item.memory) else 0.0
         self._priors[slot] = self._prior_row(item.memory)
         self.latent.changed()
-        self._tokens[slot] = tokens
         self._store_terms(slot, tokens)
-        self._texts[slot] = text
+        if self.embedder is not None:
+            self._texts[slot] = text
         self._total_tokens += len(tokens)
         self._post(slot, tokens)
         for term in set(tokens):
@@ -465,7 +467,7 @@ class Retriever:
         live = np.flatnonzero(self._alive[: len(self._ids)])
         count = len(live)
         offsets, _ = self._ranges(live)
-        self._flat_terms = np.append(self._flat_terms[offsets], np.zeros(len(offsets), dtype=np.int64))
+        self._flat_terms = np.append(self._flat_terms[offsets], np.zeros(len(offsets), dtype=np.int32))
         self._flat_size = len(offsets)
         starts = np.zeros(len(self._term_start), dtype=np.int64)
         starts[1:count] = np.cumsum(self._token_count[live].astype(np.int64))[:-1]
@@ -495,14 +497,13 @@ class Retriever:
             self._vectors = keep(self._vectors, 0.0)
         self._ids = [self._ids[int(i)] for i in live]
         self._slot = {memory_id: n for n, memory_id in enumerate(self._ids) if memory_id is not None}
-        self._tokens = {old_to_new[s]: t for s, t in self._tokens.items()}
         self._texts = {old_to_new[s]: t for s, t in self._texts.items()}
         self._signatures = {old_to_new[s]: t for s, t in self._signatures.items()}
         self._pending_vectors = {old_to_new[s] for s in self._pending_vectors}
         self._posting_arrays.clear()
         self._slot_postings.clear()
-        for slot in sorted(self._tokens):
-            self._post(slot, self._tokens[slot])
+        for slot in range(count):
+            self._post(slot, self._slot_tokens(slot))
         for _, members in self._members:
             members[:] = [old_to_new[s] for s in members]
 
@@ -533,12 +534,25 @@ class Retriever:
             self._df.extend([0] * (len(ids) - known))
         end = self._flat_size + len(terms)
         if end > len(self._flat_terms):
-            grown = np.zeros(max(end, 2 * len(self._flat_terms)), dtype=np.int64)
+            grown = np.zeros(max(end, 2 * len(self._flat_terms)), dtype=np.int32)
             grown[: self._flat_size] = self._flat_terms[: self._flat_size]
             self._flat_terms = grown
         self._flat_terms[self._flat_size : end] = terms
         self._term_start[slot] = self._flat_size
         self._flat_size = end
+
+    def _term_ids(self, slot: int) -> list[int]:
+        """The term ids of the tokens of ``slot`` (live or removed), in order."""
+        start = int(self._term_start[slot])
+        ids: list[int] = self._flat_terms[start : start + int(self._token_count[slot])].tolist()
+        return ids
+
+    def _slot_tokens(self, slot: int) -> list[str]:
+        """The tokens of ``slot``, in order (none for a removed memory)."""
+        if not self._alive[slot]:
+            return []
+        terms = self._terms
+        return [terms[j] for j in self._term_ids(slot)]
 
     def _ranges(self, slots: Ints) -> tuple[Ints, Ints]:
         """Positions in _flat_terms of the tokens of ``slots``, in order, and each slot's token count."""
@@ -615,9 +629,9 @@ class Retriever:
     def _window(self, slot: int) -> list[str]:
         """The tokens a memory is placed in the latent space by: its own and those of the ``latent_window`` memories
         said just before and just after it in its session."""
-        out = list(self._tokens.get(slot, ()))
+        out = self._slot_tokens(slot)
         for neighbour in self._reach(int(self._prev[slot]), int(self._next[slot])):
-            out.extend(self._tokens.get(neighbour, ()))
+            out.extend(self._slot_tokens(neighbour))
         return out
 
     def _update_latent(self, slots: list[int]) -> None:
@@ -662,6 +676,8 @@ class Retriever:
         self._vectors[live] = vectors
         self._has_vector[live] = True
         self._pending_vectors.difference_update(live)
+        for slot in live:
+            del self._texts[slot]
         return True
 
     # querying
@@ -886,7 +902,7 @@ class Retriever:
         query_terms = set(tokens)
         weights: dict[str, float] = {}
         for slot, score in zip(top, top_scores, strict=True):
-            own = self._tokens.get(int(slot), [])
+            own = self._slot_tokens(int(slot))
             if not own:
                 continue
             share = float(score) / best / len(own)
