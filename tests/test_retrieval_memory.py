@@ -84,3 +84,39 @@ def test_memory_and_session_bm25_equal_lexical_indexes_exactly(b: float) -> None
     assert retriever._sessions_present == len(reference.sessions)
     for term in WORDS:
         assert retriever._idf(term) == reference.memories.idf(term)
+
+
+def test_sessions_stay_linked_in_insertion_order_through_replacements_removals_and_compaction() -> None:
+    retriever = Retriever(RetrievalConfig())
+    rng = np.random.default_rng(3)
+    live: dict[str, MemoryItem] = {}
+    for n in range(1500):
+        session = f"s{int(rng.integers(0, 40))}"
+        if live and n % 4 == 0:  # a replacement keeps its sequence number: it belongs inside its session's order
+            old = live[str(rng.choice(sorted(live)))]
+            item = old.model_copy(update={"memory": f"changed {n}", "metadata": {"session_id": session}})
+        else:
+            item = MemoryItem(
+                id=f"m{n}", memory=f"words {n}", sequence=int(rng.integers(1, 400)), metadata={"session_id": session}
+            )
+        retriever.add(item)
+        live[item.id] = item
+        if n % 3 == 0:
+            gone = str(rng.choice(sorted(live)))
+            retriever.remove(gone)
+            del live[gone]
+    assert len(retriever._ids) < 1500  # compacted on the way
+    arrival = {memory_id: int(retriever._arrival[slot]) for memory_id, slot in retriever._slot.items()}
+    for session, index in retriever._session_of_key.items():
+        members = [i for i in live.values() if f"session:{i.metadata['session_id']}" == session]
+        expected = sorted(members, key=lambda i: (i.sequence, i.created_at.timestamp(), arrival[i.id]))
+        chain: list[str] = []
+        slot = int(retriever._tail[index])
+        while slot >= 0:
+            chain.append(retriever._ids[slot] or "")
+            slot = int(retriever._prev[slot])
+        order = chain[::-1]
+        assert order == [i.id for i in expected]
+        assert [int(retriever._next[retriever._slot[m]]) for m in order] == [retriever._slot[m] for m in order[1:]] + [
+            -1
+        ]

@@ -43,7 +43,6 @@ projecting every memory and a memory is projected when a query first reads it.
 
 from __future__ import annotations
 
-import bisect
 import hashlib
 import logging
 import math
@@ -248,7 +247,8 @@ class Retriever:
         self._sessions_present = 0
         self._total_tokens = 0
         """Tokens of the live memories: the summed length of the memories, and of the sessions, as BM25 documents."""
-        self._members: list[tuple[list[tuple[float, float, int]], list[int]]] = []
+        self._tail = np.full(_INITIAL_CAPACITY, -1, dtype=np.int64)
+        """The last memory of each session in insertion order (-1: none); the rest of the order is _prev/_next."""
         self._speaker_of_name: dict[str, int] = {}
         self._speakers_by_word: dict[str, set[int]] = {}
         self._years: Counter[int] = Counter()
@@ -259,6 +259,10 @@ class Retriever:
         stay until a compaction (a query drops dead slots), so filling _posting_arrays is a copy, not a dict walk."""
         cap = _INITIAL_CAPACITY
         self._session = np.zeros(cap, dtype=np.int64)
+        self._sequence_key = np.zeros(cap, dtype=np.float64)
+        self._time_key = np.zeros(cap, dtype=np.float64)
+        self._arrival = np.zeros(cap, dtype=np.int64)
+        """A memory's place in its session: (sequence, created_at, arrival) ordered as a tuple."""
         self._speaker = np.full(cap, -1, dtype=np.int64)
         self._day = np.full(cap, np.nan, dtype=np.float64)
         self._prev = np.full(cap, -1, dtype=np.int64)
@@ -322,10 +326,9 @@ class Retriever:
             if not self._session_length[session]:
                 self._session_present[session] = False
                 self._sessions_present -= 1
-        order, members = self._members[session]
-        at = members.index(slot)
-        del order[at], members[at]
         before, after = int(self._prev[slot]), int(self._next[slot])
+        if self._tail[session] == slot:
+            self._tail[session] = before
         if before >= 0:
             self._next[before] = after
         if after >= 0:
@@ -382,16 +385,17 @@ class Retriever:
 
         self._arrivals += 1
         key = (float(item.sequence), item.created_at.timestamp(), self._arrivals)
+        self._sequence_key[slot], self._time_key[slot], self._arrival[slot] = key
         session_key = first_value(item.metadata, config.session_keys)
         session_name = f"add:{item.source_item_id}" if session_key is None else f"session:{session_key}"
         session = self._session_of_key.get(session_name)
         if session is None:
             session = len(self._session_of_key)
             self._session_of_key[session_name] = session
-            self._members.append(([], []))
             if session == len(self._session_present):
                 self._session_length = np.append(self._session_length, np.zeros(session, dtype=np.int64))
                 self._session_present = np.append(self._session_present, np.zeros(session, dtype=bool))
+                self._tail = np.append(self._tail, np.full(session, -1, dtype=np.int64))
         self._session[slot] = session
         self._session_length[session] += len(tokens)
         if not self._session_present[session]:
@@ -410,18 +414,33 @@ class Retriever:
         return slot
 
     def _link(self, slot: int, session: int, key: tuple[float, float, int]) -> None:
-        """Put ``slot`` between its neighbours in insertion order within its session (usually: at the end)."""
-        order, members = self._members[session]
-        at = bisect.bisect(order, key)
-        order.insert(at, key)
-        members.insert(at, slot)
-        before = members[at - 1] if at > 0 else -1
-        after = members[at + 1] if at + 1 < len(members) else -1
+        """Put ``slot`` between its neighbours in insertion order within its session (usually: at the end).
+
+        Sessions keep no member lists (a cube without session metadata has a session per memory): the end of the
+        order is the session's tail, and a memory that belongs before it (a memory replaced with its old sequence
+        number) finds its place among the session's memories in one pass over the session column."""
+        before, after = int(self._tail[session]), -1
+        if before >= 0 and self._place(before) > key:
+            members = np.flatnonzero(self._session[: len(self._ids)] == session)
+            members = members[self._alive[members] & (members != slot)]
+            sequence, time, arrival = self._sequence_key[members], self._time_key[members], self._arrival[members]
+            order = np.lexsort((arrival, time, sequence))
+            members, sequence, time, arrival = members[order], sequence[order], time[order], arrival[order]
+            same_sequence_earlier = (time < key[1]) | ((time == key[1]) & (arrival < key[2]))
+            earlier = (sequence < key[0]) | ((sequence == key[0]) & same_sequence_earlier)
+            at = int(earlier.sum())
+            before = int(members[at - 1]) if at > 0 else -1
+            after = int(members[at]) if at < len(members) else -1
+        else:
+            self._tail[session] = slot
         self._prev[slot], self._next[slot] = before, after
         if before >= 0:
             self._next[before] = slot
         if after >= 0:
             self._prev[after] = slot
+
+    def _place(self, slot: int) -> tuple[float, float, int]:
+        return float(self._sequence_key[slot]), float(self._time_key[slot]), int(self._arrival[slot])
 
     def _speaker_id(self, name: str) -> int:
         normal = " ".join(name.lower().split())
@@ -447,6 +466,9 @@ class Retriever:
             return out
 
         self._session = grow(self._session, 0)
+        self._sequence_key = grow(self._sequence_key, 0.0)
+        self._time_key = grow(self._time_key, 0.0)
+        self._arrival = grow(self._arrival, 0)
         self._speaker = grow(self._speaker, -1)
         self._day = grow(self._day, np.nan)
         self._prev = grow(self._prev, -1)
@@ -482,6 +504,9 @@ class Retriever:
             return out
 
         self._session = keep(self._session, 0)
+        self._sequence_key = keep(self._sequence_key, 0.0)
+        self._time_key = keep(self._time_key, 0.0)
+        self._arrival = keep(self._arrival, 0)
         self._speaker = keep(self._speaker, -1)
         self._day = keep(self._day, np.nan)
         self._length = keep(self._length, 0.0)
@@ -504,8 +529,7 @@ class Retriever:
         self._slot_postings.clear()
         for slot in range(count):
             self._post(slot, self._slot_tokens(slot))
-        for _, members in self._members:
-            members[:] = [old_to_new[s] for s in members]
+        self._tail = renumber[self._tail]
 
     def _post(self, slot: int, tokens: list[str]) -> None:
         """Append ``slot`` to the slot postings of its terms; postings a query already cached as arrays grow in
