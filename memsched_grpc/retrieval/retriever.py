@@ -254,9 +254,10 @@ class Retriever:
         self._years: Counter[int] = Counter()
         self._pending_vectors: set[int] = set()
         self._posting_arrays: dict[str, tuple[Ints, Floats]] = {}
-        self._slot_postings: dict[str, tuple[array[int], array[float]]] = {}
-        """Per term, the slots holding it and its count there, appended as memories arrive; removed memories' slots
-        stay until a compaction (a query drops dead slots), so filling _posting_arrays is a copy, not a dict walk."""
+        self._slot_postings: dict[str, array[int]] = {}
+        """Per term, the slots holding it, a slot once per occurrence (so, adjacent: one array per term, 4 bytes a
+        posting), appended as memories arrive; removed memories' slots stay until a compaction (a query drops dead
+        slots), so filling _posting_arrays is a copy, not a dict walk."""
         cap = _INITIAL_CAPACITY
         self._session = np.zeros(cap, dtype=np.int64)
         self._sequence_key = np.zeros(cap, dtype=np.float64)
@@ -535,15 +536,16 @@ class Retriever:
         """Append ``slot`` to the slot postings of its terms; postings a query already cached as arrays grow in
         place, so the query after an add keeps them."""
         postings, cached = self._slot_postings, self._posting_arrays
-        for term, tf in Counter(tokens).items():
+        for term in tokens:
             held = postings.get(term)
             if held is None:
-                held = postings[term] = (array("q"), array("d"))
-            held[0].append(slot)
-            held[1].append(tf)
-            arrays = cached.get(term)
-            if arrays is not None:
-                cached[term] = (np.append(arrays[0], slot), np.append(arrays[1], float(tf)))
+                held = postings[term] = array("i")
+            held.append(slot)
+        if cached:
+            for term, tf in Counter(tokens).items():
+                arrays = cached.get(term)
+                if arrays is not None:
+                    cached[term] = (np.append(arrays[0], slot), np.append(arrays[1], float(tf)))
 
     def _store_terms(self, slot: int, tokens: list[str]) -> None:
         """Keep the memory's tokens as term ids in one flat array (slot ``slot`` at ``_term_start[slot]``, as many
@@ -974,8 +976,13 @@ class Retriever:
             held = self._slot_postings.get(term)
             if held is None:
                 return None
-            slots = np.frombuffer(held[0], dtype=np.int64).copy()
-            counts = np.frombuffer(held[1], dtype=np.float64).copy()
+            slots = np.frombuffer(held, dtype=np.int32).astype(np.int64)
+            first = np.flatnonzero(np.diff(slots, prepend=-1))
+            if len(first) == len(slots):
+                counts = np.ones(len(slots), dtype=np.float64)
+            else:
+                counts = np.diff(first, append=len(slots)).astype(np.float64)
+                slots = slots[first]
             live = self._alive[slots]
             if not live.all():
                 slots, counts = slots[live], counts[live]
