@@ -349,14 +349,11 @@ class Retriever:
         """Index one memory; None when it is already indexed exactly so (a usage count changed, say)."""
         config = self.config
         text = index_text(item, config.indexed_metadata_keys)
-        signature = (
-            hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).digest(),
-            item.sequence,
-            item.created_at,
-            first_value(item.metadata, config.session_keys),
-            first_value(item.metadata, config.speaker_keys),
-            first_value(item.metadata, config.date_keys),
-        )
+        session_key = first_value(item.metadata, config.session_keys)
+        speaker = first_value(item.metadata, config.speaker_keys)
+        date = first_value(item.metadata, config.date_keys)
+        digest = hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).digest()
+        signature = (digest, item.sequence, item.created_at, session_key, speaker, date)
         old = self._slot.get(item.id)
         if old is not None:
             if self._signatures.get(old) == signature:
@@ -376,18 +373,17 @@ class Retriever:
         self._time_mention[slot] = 1.0 if TIME_MENTION.search(item.memory) else 0.0
         self._priors[slot] = self._prior_row(item.memory)
         self.latent.changed()
-        self._store_terms(slot, tokens)
+        df = self._df
+        for term_id in set(self._store_terms(slot, tokens)):
+            df[term_id] += 1
         if self.embedder is not None:
             self._texts[slot] = text
         self._total_tokens += len(tokens)
         self._post(slot, tokens)
-        for term in set(tokens):
-            self._df[self._term_id[term]] += 1
 
         self._arrivals += 1
         key = (float(item.sequence), item.created_at.timestamp(), self._arrivals)
         self._sequence_key[slot], self._time_key[slot], self._arrival[slot] = key
-        session_key = first_value(item.metadata, config.session_keys)
         session_name = f"add:{item.source_item_id}" if session_key is None else f"session:{session_key}"
         session = self._session_of_key.get(session_name)
         if session is None:
@@ -404,10 +400,9 @@ class Retriever:
             self._sessions_present += 1
         self._link(slot, session, key)
 
-        speaker = first_value(item.metadata, config.speaker_keys)
         self._speaker[slot] = -1 if speaker is None else self._speaker_id(str(speaker))
 
-        day = dates.to_day(first_value(item.metadata, config.date_keys))
+        day = dates.to_day(date)
         if day is None:
             day = item.created_at.date().toordinal()
         self._day[slot] = day
@@ -547,9 +542,10 @@ class Retriever:
                 if arrays is not None:
                     cached[term] = (np.append(arrays[0], slot), np.append(arrays[1], float(tf)))
 
-    def _store_terms(self, slot: int, tokens: list[str]) -> None:
+    def _store_terms(self, slot: int, tokens: list[str]) -> list[int]:
         """Keep the memory's tokens as term ids in one flat array (slot ``slot`` at ``_term_start[slot]``, as many
-        as ``_token_count[slot]``): a large cube's latent vectors are projected from them in a few array passes."""
+        as ``_token_count[slot]``): a large cube's latent vectors are projected from them in a few array passes.
+        Returns the term ids."""
         ids = self._term_id
         known = len(ids)
         terms = [ids.setdefault(t, len(ids)) for t in tokens]
@@ -566,6 +562,7 @@ class Retriever:
         self._flat_terms[self._flat_size : end] = terms
         self._term_start[slot] = self._flat_size
         self._flat_size = end
+        return terms
 
     def _term_ids(self, slot: int) -> list[int]:
         """The term ids of the tokens of ``slot`` (live or removed), in order."""
