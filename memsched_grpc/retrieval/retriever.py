@@ -258,6 +258,9 @@ class Retriever:
         """Per term, the slots holding it, a slot once per occurrence (so, adjacent: one array per term, 4 bytes a
         posting), appended as memories arrive; removed memories' slots stay until a compaction (a query drops dead
         slots), so filling _posting_arrays is a copy, not a dict walk."""
+        self._repeated: set[str] = set()
+        """Terms some memory holds more than once (or did: the set never shrinks), the only postings whose counts
+        a query has to count."""
         cap = _INITIAL_CAPACITY
         self._session = np.zeros(cap, dtype=np.int64)
         self._sequence_key = np.zeros(cap, dtype=np.float64)
@@ -536,6 +539,8 @@ class Retriever:
             if held is None:
                 held = postings[term] = array("i")
             held.append(slot)
+        if len(set(tokens)) < len(tokens):
+            self._repeated.update(term for term, tf in Counter(tokens).items() if tf > 1)
         if cached:
             for term, tf in Counter(tokens).items():
                 arrays = cached.get(term)
@@ -842,7 +847,7 @@ class Retriever:
                 continue
             slots, counts = arrays
             sessions = self._session[slots]
-            if len(slots) * 8 < count:
+            if count > max(8 * len(slots), 4096):  # a few postings in many sessions: sort them, not the sessions
                 held, inverse = np.unique(sessions, return_inverse=True)
                 tf = np.bincount(inverse, weights=counts)
             else:
@@ -974,12 +979,12 @@ class Retriever:
             if held is None:
                 return None
             slots = np.frombuffer(held, dtype=np.int32).astype(np.int64)
-            first = np.flatnonzero(np.diff(slots, prepend=-1))
-            if len(first) == len(slots):
-                counts = np.ones(len(slots), dtype=np.float64)
-            else:
+            if term in self._repeated:
+                first = np.flatnonzero(np.diff(slots, prepend=-1))
                 counts = np.diff(first, append=len(slots)).astype(np.float64)
                 slots = slots[first]
+            else:
+                counts = np.ones(len(slots), dtype=np.float64)
             live = self._alive[slots]
             if not live.all():
                 slots, counts = slots[live], counts[live]
