@@ -10,6 +10,7 @@ from memsched_grpc.models import MemoryItem
 from memsched_grpc.retrieval.lexical import LexicalIndex
 from memsched_grpc.retrieval.retriever import SIGNALS, Retriever, spread
 from memsched_grpc.retrieval.settings import RetrievalConfig
+from memsched_grpc.retrieval.tokenizer import tokenize
 
 WORDS = [f"w{i}" for i in range(300)]
 
@@ -103,8 +104,11 @@ def test_cached_postings_grow_with_adds() -> None:
     retriever._bm25(weights, len(retriever._ids))  # fills the cache
     retriever.add_many(_memories(20, start=500))
     n = len(retriever._ids)
+    reference = LexicalIndex(1.2, 0.0)
+    for item in _memories(300) + _memories(20, start=500):
+        reference.add(item.id, tokenize(item.memory))
     expected = np.zeros(n + 1)
-    for memory_id, score in retriever.index.weighted_scores(weights).items():
+    for memory_id, score in reference.weighted_scores(weights).items():
         expected[retriever._slot[memory_id]] = score
     assert retriever._bm25(weights, n) == pytest.approx(expected)
 

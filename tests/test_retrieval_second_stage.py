@@ -9,8 +9,10 @@ import pytest
 from memsched_grpc.models import MemoryItem
 from memsched_grpc.retrieval import latent
 from memsched_grpc.retrieval.latent import MIN_REFIT_CHANGES, LatentIndex
+from memsched_grpc.retrieval.lexical import LexicalIndex
 from memsched_grpc.retrieval.retriever import SIGNALS, SPREAD, SPREAD_MIN_MATCHES, SPREAD_UNITS, Retriever, spread
 from memsched_grpc.retrieval.settings import RetrievalConfig
+from memsched_grpc.retrieval.tokenizer import tokenize
 
 TOPICS = {
     "pets": ["dog", "puppy", "leash", "walk", "park", "bark", "vet", "fetch"],
@@ -138,11 +140,15 @@ def test_feedback_scoring_over_cached_arrays_equals_the_index(b: float) -> None:
     retriever._bm25(weights, len(retriever._ids))  # fills the cache
     for item in items[:30]:  # removals and a compaction-free re-add drop the stale arrays
         retriever.remove(item.id)
-    retriever.add(MemoryItem(id="late", memory="the dog and the pasta", sequence=5000, metadata={"session_id": "z"}))
+    late = MemoryItem(id="late", memory="the dog and the pasta", sequence=5000, metadata={"session_id": "z"})
+    retriever.add(late)
     n = len(retriever._ids)
     got = retriever._bm25(weights, n)
+    reference = LexicalIndex(1.2, b)
+    for item in [*items[30:], late]:
+        reference.add(item.id, tokenize(item.memory))
     expected = np.zeros(n + 1)
-    for memory_id, score in retriever.index.weighted_scores(weights).items():
+    for memory_id, score in reference.weighted_scores(weights).items():
         expected[retriever._slot[memory_id]] = score
     assert got == pytest.approx(expected)
 

@@ -43,7 +43,7 @@ projecting every memory and a memory is projected when a query first reads it.
 
 from __future__ import annotations
 
-import bisect
+import hashlib
 import logging
 import math
 import re
@@ -60,7 +60,6 @@ from memsched_grpc.models import MemoryItem
 from memsched_grpc.retrieval import dates
 from memsched_grpc.retrieval.embedders import Embedder, EmbeddingError, Matrix
 from memsched_grpc.retrieval.latent import LatentIndex, LatentSpace
-from memsched_grpc.retrieval.lexical import LexicalIndex
 from memsched_grpc.retrieval.settings import FusionWeights, RetrievalConfig
 from memsched_grpc.retrieval.tokenizer import STOPWORDS, stem, tokenize, words
 
@@ -232,27 +231,42 @@ class Retriever:
     def __init__(self, config: RetrievalConfig, embedder: Embedder | None = None) -> None:
         self.config = config
         self.embedder = embedder
-        self.index = LexicalIndex(config.k1, config.b)
-        self.sessions_index = LexicalIndex(config.k1, config.session_b)
         self._ids: list[str | None] = []
         self._slot: dict[str, int] = {}
-        self._tokens: dict[int, list[str]] = {}
         self._texts: dict[int, str] = {}
+        """The texts of memories still to embed (an embedder is set); a memory's tokens are its term ids in
+        _flat_terms."""
         self._signatures: dict[int, tuple[Any, ...]] = {}
         self._arrivals = 0
         self._session_of_key: dict[str, int] = {}
-        self._session_keys: list[str] = []
-        self._members: list[tuple[list[tuple[float, float, int]], list[int]]] = []
+        self._session_length = np.zeros(_INITIAL_CAPACITY, dtype=np.int64)
+        self._session_present = np.zeros(_INITIAL_CAPACITY, dtype=bool)
+        """Sessions counted as BM25 documents: one joins with its first memory and leaves when a removal leaves it
+        without a token (as a document grown and shrunk term by term would), so a session of empty memories counts
+        until one of them goes."""
+        self._sessions_present = 0
+        self._total_tokens = 0
+        """Tokens of the live memories: the summed length of the memories, and of the sessions, as BM25 documents."""
+        self._tail = np.full(_INITIAL_CAPACITY, -1, dtype=np.int64)
+        """The last memory of each session in insertion order (-1: none); the rest of the order is _prev/_next."""
         self._speaker_of_name: dict[str, int] = {}
         self._speakers_by_word: dict[str, set[int]] = {}
         self._years: Counter[int] = Counter()
         self._pending_vectors: set[int] = set()
         self._posting_arrays: dict[str, tuple[Ints, Floats]] = {}
-        self._slot_postings: dict[str, tuple[array[int], array[float]]] = {}
-        """Per term, the slots holding it and its count there, appended as memories arrive; removed memories' slots
-        stay until a compaction (a query drops dead slots), so filling _posting_arrays is a copy, not a dict walk."""
+        self._slot_postings: dict[str, array[int]] = {}
+        """Per term, the slots holding it, a slot once per occurrence (so, adjacent: one array per term, 4 bytes a
+        posting), appended as memories arrive; removed memories' slots stay until a compaction (a query drops dead
+        slots), so filling _posting_arrays is a copy, not a dict walk."""
+        self._repeated: set[str] = set()
+        """Terms some memory holds more than once (or did: the set never shrinks), the only postings whose counts
+        a query has to count."""
         cap = _INITIAL_CAPACITY
         self._session = np.zeros(cap, dtype=np.int64)
+        self._sequence_key = np.zeros(cap, dtype=np.float64)
+        self._time_key = np.zeros(cap, dtype=np.float64)
+        self._arrival = np.zeros(cap, dtype=np.int64)
+        """A memory's place in its session: (sequence, created_at, arrival) ordered as a tuple."""
         self._speaker = np.full(cap, -1, dtype=np.int64)
         self._day = np.full(cap, np.nan, dtype=np.float64)
         self._prev = np.full(cap, -1, dtype=np.int64)
@@ -261,7 +275,12 @@ class Retriever:
         self._length = np.zeros(cap, dtype=np.float64)
         self._token_count = np.zeros(cap, dtype=np.float64)
         self._term_id: dict[str, int] = {}
-        self._flat_terms = np.zeros(_INITIAL_CAPACITY * 16, dtype=np.int64)
+        self._terms: list[str] = []
+        """Term by id (the inverse of _term_id)."""
+        self._df: list[int] = []
+        """Live memories holding the term, by term id: BM25's document frequency, kept with the slot postings
+        instead of in a second index of the same postings keyed by memory id."""
+        self._flat_terms = np.zeros(_INITIAL_CAPACITY * 16, dtype=np.int32)
         self._flat_size = 0
         self._term_start = np.zeros(cap, dtype=np.int64)
         self._space_columns: tuple[LatentSpace | None, Ints] = (None, np.zeros(0, dtype=np.int64))
@@ -300,16 +319,20 @@ class Retriever:
         self._pending_vectors.discard(slot)
         self._texts.pop(slot, None)
         self._signatures.pop(slot, None)
-        self.index.remove(memory_id)
-        tokens = self._tokens.pop(slot, [])
-        for term in set(tokens):
-            self._posting_arrays.pop(term, None)
+        held = self._term_ids(slot)
+        self._total_tokens -= len(held)
+        for term_id in set(held):
+            self._posting_arrays.pop(self._terms[term_id], None)
+            self._df[term_id] -= 1
         session = int(self._session[slot])
-        self.sessions_index.retract(self._session_keys[session], tokens)
-        order, members = self._members[session]
-        at = members.index(slot)
-        del order[at], members[at]
+        if self._session_present[session]:
+            self._session_length[session] -= len(held)
+            if not self._session_length[session]:
+                self._session_present[session] = False
+                self._sessions_present -= 1
         before, after = int(self._prev[slot]), int(self._next[slot])
+        if self._tail[session] == slot:
+            self._tail[session] = before
         if before >= 0:
             self._next[before] = after
         if after >= 0:
@@ -329,14 +352,11 @@ class Retriever:
         """Index one memory; None when it is already indexed exactly so (a usage count changed, say)."""
         config = self.config
         text = index_text(item, config.indexed_metadata_keys)
-        signature = (
-            text,
-            item.sequence,
-            item.created_at,
-            first_value(item.metadata, config.session_keys),
-            first_value(item.metadata, config.speaker_keys),
-            first_value(item.metadata, config.date_keys),
-        )
+        session_key = first_value(item.metadata, config.session_keys)
+        speaker = first_value(item.metadata, config.speaker_keys)
+        date = first_value(item.metadata, config.date_keys)
+        digest = hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).digest()
+        signature = (digest, item.sequence, item.created_at, session_key, speaker, date)
         old = self._slot.get(item.id)
         if old is not None:
             if self._signatures.get(old) == signature:
@@ -356,30 +376,36 @@ class Retriever:
         self._time_mention[slot] = 1.0 if TIME_MENTION.search(item.memory) else 0.0
         self._priors[slot] = self._prior_row(item.memory)
         self.latent.changed()
-        self._tokens[slot] = tokens
-        self._store_terms(slot, tokens)
-        self._texts[slot] = text
-        self.index.add(item.id, tokens)
+        df = self._df
+        for term_id in set(self._store_terms(slot, tokens)):
+            df[term_id] += 1
+        if self.embedder is not None:
+            self._texts[slot] = text
+        self._total_tokens += len(tokens)
         self._post(slot, tokens)
 
         self._arrivals += 1
         key = (float(item.sequence), item.created_at.timestamp(), self._arrivals)
-        session_key = first_value(item.metadata, config.session_keys)
+        self._sequence_key[slot], self._time_key[slot], self._arrival[slot] = key
         session_name = f"add:{item.source_item_id}" if session_key is None else f"session:{session_key}"
         session = self._session_of_key.get(session_name)
         if session is None:
-            session = len(self._session_keys)
+            session = len(self._session_of_key)
             self._session_of_key[session_name] = session
-            self._session_keys.append(session_name)
-            self._members.append(([], []))
+            if session == len(self._session_present):
+                self._session_length = np.append(self._session_length, np.zeros(session, dtype=np.int64))
+                self._session_present = np.append(self._session_present, np.zeros(session, dtype=bool))
+                self._tail = np.append(self._tail, np.full(session, -1, dtype=np.int64))
         self._session[slot] = session
-        self.sessions_index.extend(session_name, tokens)
+        self._session_length[session] += len(tokens)
+        if not self._session_present[session]:
+            self._session_present[session] = True
+            self._sessions_present += 1
         self._link(slot, session, key)
 
-        speaker = first_value(item.metadata, config.speaker_keys)
         self._speaker[slot] = -1 if speaker is None else self._speaker_id(str(speaker))
 
-        day = dates.to_day(first_value(item.metadata, config.date_keys))
+        day = dates.to_day(date)
         if day is None:
             day = item.created_at.date().toordinal()
         self._day[slot] = day
@@ -387,18 +413,33 @@ class Retriever:
         return slot
 
     def _link(self, slot: int, session: int, key: tuple[float, float, int]) -> None:
-        """Put ``slot`` between its neighbours in insertion order within its session (usually: at the end)."""
-        order, members = self._members[session]
-        at = bisect.bisect(order, key)
-        order.insert(at, key)
-        members.insert(at, slot)
-        before = members[at - 1] if at > 0 else -1
-        after = members[at + 1] if at + 1 < len(members) else -1
+        """Put ``slot`` between its neighbours in insertion order within its session (usually: at the end).
+
+        Sessions keep no member lists (a cube without session metadata has a session per memory): the end of the
+        order is the session's tail, and a memory that belongs before it (a memory replaced with its old sequence
+        number) finds its place among the session's memories in one pass over the session column."""
+        before, after = int(self._tail[session]), -1
+        if before >= 0 and self._place(before) > key:
+            members = np.flatnonzero(self._session[: len(self._ids)] == session)
+            members = members[self._alive[members] & (members != slot)]
+            sequence, time, arrival = self._sequence_key[members], self._time_key[members], self._arrival[members]
+            order = np.lexsort((arrival, time, sequence))
+            members, sequence, time, arrival = members[order], sequence[order], time[order], arrival[order]
+            same_sequence_earlier = (time < key[1]) | ((time == key[1]) & (arrival < key[2]))
+            earlier = (sequence < key[0]) | ((sequence == key[0]) & same_sequence_earlier)
+            at = int(earlier.sum())
+            before = int(members[at - 1]) if at > 0 else -1
+            after = int(members[at]) if at < len(members) else -1
+        else:
+            self._tail[session] = slot
         self._prev[slot], self._next[slot] = before, after
         if before >= 0:
             self._next[before] = slot
         if after >= 0:
             self._prev[after] = slot
+
+    def _place(self, slot: int) -> tuple[float, float, int]:
+        return float(self._sequence_key[slot]), float(self._time_key[slot]), int(self._arrival[slot])
 
     def _speaker_id(self, name: str) -> int:
         normal = " ".join(name.lower().split())
@@ -424,6 +465,9 @@ class Retriever:
             return out
 
         self._session = grow(self._session, 0)
+        self._sequence_key = grow(self._sequence_key, 0.0)
+        self._time_key = grow(self._time_key, 0.0)
+        self._arrival = grow(self._arrival, 0)
         self._speaker = grow(self._speaker, -1)
         self._day = grow(self._day, np.nan)
         self._prev = grow(self._prev, -1)
@@ -444,7 +488,7 @@ class Retriever:
         live = np.flatnonzero(self._alive[: len(self._ids)])
         count = len(live)
         offsets, _ = self._ranges(live)
-        self._flat_terms = np.append(self._flat_terms[offsets], np.zeros(len(offsets), dtype=np.int64))
+        self._flat_terms = np.append(self._flat_terms[offsets], np.zeros(len(offsets), dtype=np.int32))
         self._flat_size = len(offsets)
         starts = np.zeros(len(self._term_start), dtype=np.int64)
         starts[1:count] = np.cumsum(self._token_count[live].astype(np.int64))[:-1]
@@ -459,6 +503,9 @@ class Retriever:
             return out
 
         self._session = keep(self._session, 0)
+        self._sequence_key = keep(self._sequence_key, 0.0)
+        self._time_key = keep(self._time_key, 0.0)
+        self._arrival = keep(self._arrival, 0)
         self._speaker = keep(self._speaker, -1)
         self._day = keep(self._day, np.nan)
         self._length = keep(self._length, 0.0)
@@ -474,44 +521,66 @@ class Retriever:
             self._vectors = keep(self._vectors, 0.0)
         self._ids = [self._ids[int(i)] for i in live]
         self._slot = {memory_id: n for n, memory_id in enumerate(self._ids) if memory_id is not None}
-        self._tokens = {old_to_new[s]: t for s, t in self._tokens.items()}
         self._texts = {old_to_new[s]: t for s, t in self._texts.items()}
         self._signatures = {old_to_new[s]: t for s, t in self._signatures.items()}
         self._pending_vectors = {old_to_new[s] for s in self._pending_vectors}
         self._posting_arrays.clear()
         self._slot_postings.clear()
-        for slot in sorted(self._tokens):
-            self._post(slot, self._tokens[slot])
-        for _, members in self._members:
-            members[:] = [old_to_new[s] for s in members]
+        for slot in range(count):
+            self._post(slot, self._slot_tokens(slot))
+        self._tail = renumber[self._tail]
 
     def _post(self, slot: int, tokens: list[str]) -> None:
         """Append ``slot`` to the slot postings of its terms; postings a query already cached as arrays grow in
         place, so the query after an add keeps them."""
         postings, cached = self._slot_postings, self._posting_arrays
-        for term, tf in Counter(tokens).items():
+        for term in tokens:
             held = postings.get(term)
             if held is None:
-                held = postings[term] = (array("q"), array("d"))
-            held[0].append(slot)
-            held[1].append(tf)
-            arrays = cached.get(term)
-            if arrays is not None:
-                cached[term] = (np.append(arrays[0], slot), np.append(arrays[1], float(tf)))
+                held = postings[term] = array("i")
+            held.append(slot)
+        if len(set(tokens)) < len(tokens):
+            self._repeated.update(term for term, tf in Counter(tokens).items() if tf > 1)
+        if cached:
+            for term, tf in Counter(tokens).items():
+                arrays = cached.get(term)
+                if arrays is not None:
+                    cached[term] = (np.append(arrays[0], slot), np.append(arrays[1], float(tf)))
 
-    def _store_terms(self, slot: int, tokens: list[str]) -> None:
+    def _store_terms(self, slot: int, tokens: list[str]) -> list[int]:
         """Keep the memory's tokens as term ids in one flat array (slot ``slot`` at ``_term_start[slot]``, as many
-        as ``_token_count[slot]``): a large cube's latent vectors are projected from them in a few array passes."""
+        as ``_token_count[slot]``): a large cube's latent vectors are projected from them in a few array passes.
+        Returns the term ids."""
         ids = self._term_id
+        known = len(ids)
         terms = [ids.setdefault(t, len(ids)) for t in tokens]
+        if len(ids) > known:
+            for term, j in zip(tokens, terms, strict=True):
+                if j == len(self._terms):
+                    self._terms.append(term)
+            self._df.extend([0] * (len(ids) - known))
         end = self._flat_size + len(terms)
         if end > len(self._flat_terms):
-            grown = np.zeros(max(end, 2 * len(self._flat_terms)), dtype=np.int64)
+            grown = np.zeros(max(end, 2 * len(self._flat_terms)), dtype=np.int32)
             grown[: self._flat_size] = self._flat_terms[: self._flat_size]
             self._flat_terms = grown
         self._flat_terms[self._flat_size : end] = terms
         self._term_start[slot] = self._flat_size
         self._flat_size = end
+        return terms
+
+    def _term_ids(self, slot: int) -> list[int]:
+        """The term ids of the tokens of ``slot`` (live or removed), in order."""
+        start = int(self._term_start[slot])
+        ids: list[int] = self._flat_terms[start : start + int(self._token_count[slot])].tolist()
+        return ids
+
+    def _slot_tokens(self, slot: int) -> list[str]:
+        """The tokens of ``slot``, in order (none for a removed memory)."""
+        if not self._alive[slot]:
+            return []
+        terms = self._terms
+        return [terms[j] for j in self._term_ids(slot)]
 
     def _ranges(self, slots: Ints) -> tuple[Ints, Ints]:
         """Positions in _flat_terms of the tokens of ``slots``, in order, and each slot's token count."""
@@ -588,9 +657,9 @@ class Retriever:
     def _window(self, slot: int) -> list[str]:
         """The tokens a memory is placed in the latent space by: its own and those of the ``latent_window`` memories
         said just before and just after it in its session."""
-        out = list(self._tokens.get(slot, ()))
+        out = self._slot_tokens(slot)
         for neighbour in self._reach(int(self._prev[slot]), int(self._next[slot])):
-            out.extend(self._tokens.get(neighbour, ()))
+            out.extend(self._slot_tokens(neighbour))
         return out
 
     def _update_latent(self, slots: list[int]) -> None:
@@ -635,6 +704,8 @@ class Retriever:
         self._vectors[live] = vectors
         self._has_vector[live] = True
         self._pending_vectors.difference_update(live)
+        for slot in live:
+            del self._texts[slot]
         return True
 
     # querying
@@ -671,17 +742,12 @@ class Retriever:
         if not self._slot:
             return np.zeros((n, len(SIGNALS)), dtype=np.float64), False
         named, tokens = self._query(query, extra_terms)
-        lexical = np.zeros(n + 1, dtype=np.float64)  # the extra last cell is 0: where a missing neighbour (-1) points
-        scores = self.index.scores(tokens)
-        if scores:
-            slot = self._slot
-            lexical[[slot[m] for m in scores]] = list(scores.values())
+        # the extra last cell is 0: where a missing neighbour (-1) points
+        lexical, hit = self._bm25_touched(Counter(tokens), n)
+        if len(hit):
             lexical /= lexical.max()
-        per_session = np.zeros(len(self._session_keys), dtype=np.float64)
-        session_scores = self.sessions_index.scores(tokens)
-        if session_scores:
-            for key, score in session_scores.items():
-                per_session[self._session_of_key[key]] = score
+        per_session = self._session_bm25(tokens)
+        if per_session.any():
             per_session /= per_session.max()
         rows = np.arange(n)
         out = self._first_stage_rows(rows, lexical, per_session, named, query)
@@ -759,13 +825,44 @@ class Retriever:
 
     def _session_scores(self, sessions: Ints, tokens: list[str]) -> Floats:
         """The BM25 scores of ``sessions`` (as whole documents) for the query's tokens."""
-        names = self._session_keys
-        keys = [names[s] for s in sessions.tolist()]
-        return np.asarray(self.sessions_index.scores_of(tokens, keys), dtype=np.float64)
+        scores: Floats = self._session_bm25(tokens)[sessions]
+        return scores
+
+    def _session_bm25(self, tokens: list[str]) -> Floats:
+        """BM25 of every session as one document (its live memories' tokens) for the query's tokens, by session.
+
+        A session's term counts are summed from the slot postings of the query's terms: sessions keep no postings
+        of their own, which in a cube without session metadata (every memory its own session) held the cube's
+        postings a second time."""
+        count = len(self._session_of_key)
+        out = np.zeros(count, dtype=np.float64)
+        n = self._sessions_present
+        if n == 0:
+            return out
+        average = self._total_tokens / n or 1.0
+        k1, b = self.config.k1, self.config.session_b
+        for term, qtf in Counter(tokens).items():
+            arrays = self._live_posting(term)
+            if arrays is None:
+                continue
+            slots, counts = arrays
+            sessions = self._session[slots]
+            if count > max(8 * len(slots), 4096):  # a few postings in many sessions: sort them, not the sessions
+                held, inverse = np.unique(sessions, return_inverse=True)
+                tf = np.bincount(inverse, weights=counts)
+            else:
+                summed = np.bincount(sessions, weights=counts, minlength=count)
+                held = np.flatnonzero(summed)
+                tf = summed[held]
+            df = len(held)
+            idf = math.log(1.0 + (n - df + 0.5) / (df + 0.5))
+            norm = k1 * (1.0 - b + b * self._session_length[held] / average)
+            out[held] += qtf * idf * tf * (k1 + 1.0) / (tf + norm)
+        return out
 
     def _per_session(self, sessions: Ints, raw: Floats) -> Floats:
         """The session signal by session: ``raw`` over its best at ``sessions``, 0 elsewhere."""
-        per_session = np.zeros(len(self._session_keys), dtype=np.float64)
+        per_session = np.zeros(len(self._session_of_key), dtype=np.float64)
         if len(raw) and raw.max() > 0:
             per_session[sessions] = raw / raw.max()
         return per_session
@@ -833,13 +930,13 @@ class Retriever:
         query_terms = set(tokens)
         weights: dict[str, float] = {}
         for slot, score in zip(top, top_scores, strict=True):
-            own = self._tokens.get(int(slot), [])
+            own = self._slot_tokens(int(slot))
             if not own:
                 continue
             share = float(score) / best / len(own)
             for term, tf in Counter(own).items():
                 if term not in query_terms:
-                    weights[term] = weights.get(term, 0.0) + share * tf * self.index.idf(term)
+                    weights[term] = weights.get(term, 0.0) + share * tf * self._idf(term)
         kept = sorted(weights.items(), key=lambda kv: -kv[1])[: self.config.feedback_terms]
         feedback, touched = self._bm25_touched(dict(kept), n)
         if not len(touched):
@@ -858,32 +955,52 @@ class Retriever:
         """LexicalIndex.weighted_scores by slot (n + 1 cells, the last 0) and the slots holding a term, over
         postings cached as arrays: common terms would cost milliseconds per query through the dict walk in a large
         cube."""
-        index = self.index
         out = np.zeros(n + 1, dtype=np.float64)
         touched: list[Ints] = []
-        k1, b = index.k1, index.b
-        average = index.average_length or 1.0
+        k1, b = self.config.k1, self.config.b
+        average = (self._total_tokens / len(self._slot) if self._slot else 0.0) or 1.0
         for term, weight in term_weights.items():
-            arrays = self._posting_arrays.get(term)
+            arrays = self._live_posting(term)
             if arrays is None:
-                held = self._slot_postings.get(term)
-                if held is None:
-                    continue
-                slots = np.frombuffer(held[0], dtype=np.int64).copy()
-                counts = np.frombuffer(held[1], dtype=np.float64).copy()
-                live = self._alive[slots]
-                if not live.all():
-                    slots, counts = slots[live], counts[live]
-                if not len(slots):
-                    continue
-                arrays = self._posting_arrays[term] = (slots, counts)
+                continue
             slots, counts = arrays
             norm = k1 * (1.0 - b + b * self._token_count[slots] / average) if b else k1
-            out[slots] += weight * index.idf(term) * counts * (k1 + 1.0) / (counts + norm)
+            out[slots] += weight * self._idf(term) * counts * (k1 + 1.0) / (counts + norm)
             touched.append(slots)
         # every posting's score is positive (idf > 0): one pass over the cells beats sorting the postings' slots
         hit: Ints = np.flatnonzero(out[:n]) if touched else np.zeros(0, dtype=np.int64)
         return out, hit
+
+    def _live_posting(self, term: str) -> tuple[Ints, Floats] | None:
+        """The live slots holding ``term`` and its count in each, cached as arrays; None when no live memory does."""
+        arrays = self._posting_arrays.get(term)
+        if arrays is None:
+            held = self._slot_postings.get(term)
+            if held is None:
+                return None
+            slots = np.frombuffer(held, dtype=np.int32).astype(np.int64)
+            if term in self._repeated:
+                first = np.flatnonzero(np.diff(slots, prepend=-1))
+                counts = np.diff(first, append=len(slots)).astype(np.float64)
+                slots = slots[first]
+            else:
+                counts = np.ones(len(slots), dtype=np.float64)
+            live = self._alive[slots]
+            if not live.all():
+                slots, counts = slots[live], counts[live]
+            if not len(slots):
+                return None
+            arrays = self._posting_arrays[term] = (slots, counts)
+        return arrays
+
+    def _idf(self, term: str) -> float:
+        """BM25's idf of ``term`` over the live memories (0 when none holds it)."""
+        found = self._term_id.get(term)
+        df = self._df[found] if found is not None else 0
+        if not df:
+            return 0.0
+        n = len(self._slot)
+        return math.log(1.0 + (n - df + 0.5) / (df + 0.5))
 
     def _with_neighbours(self, out: Floats, rows: Ints, name: str, values: Floats) -> None:
         """Columns ``name``, ``previous_name`` and ``next_name`` of ``rows`` from ``values`` (by slot, n + 1 cells,
