@@ -1,7 +1,7 @@
 """Which of a cube's memories hold which word.
 
 The add handler's near-duplicate check needs only this: the few memories that share a new memory's rarest
-words. A BM25 index (retrieval/lexical.py) would answer too, but it also keeps term counts, lengths and
+words. A BM25 index (tests/lexical_reference.py) would answer too, but it also keeps term counts, lengths and
 each document's term set, which a cube of 10k memories pays for at every load and in resident memory for a
 question nobody asks of it; the memory's own token tuple (kept by the cube) already lists its terms.
 """

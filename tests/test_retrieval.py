@@ -18,10 +18,10 @@ from memsched_grpc.config import load_settings
 from memsched_grpc.errors import ConfigError
 from memsched_grpc.models import MemoryItem
 from memsched_grpc.retrieval import dates
-from memsched_grpc.retrieval.lexical import LexicalIndex
 from memsched_grpc.retrieval.retriever import SIGNALS, Retriever
 from memsched_grpc.retrieval.settings import FusionWeights, RetrievalConfig
 from tests.conftest import Client, collect, item
+from tests.lexical_reference import LexicalIndex
 
 MARCH = "2:00 pm on 3 March, 2023"
 AUGUST = "10:00 am on 20 August, 2023"

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 
 from memsched_grpc.models import MemoryItem
-from memsched_grpc.retrieval.lexical import LexicalIndex
 from memsched_grpc.retrieval.retriever import Retriever
 from memsched_grpc.retrieval.settings import RetrievalConfig
 from memsched_grpc.retrieval.tokenizer import tokenize
+from tests.lexical_reference import LexicalIndex
 
 WORDS = [f"w{i}" for i in range(60)]
 QUERIES = ["w0 w3 w3", "w1 w40", "w59", "w2 w5 w8 w13", "nothing here"]

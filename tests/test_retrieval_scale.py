@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 
 from memsched_grpc.models import MemoryItem
-from memsched_grpc.retrieval.lexical import LexicalIndex
 from memsched_grpc.retrieval.retriever import SIGNALS, Retriever, spread
 from memsched_grpc.retrieval.settings import RetrievalConfig
 from memsched_grpc.retrieval.tokenizer import tokenize
+from tests.lexical_reference import LexicalIndex
 
 WORDS = [f"w{i}" for i in range(300)]
 

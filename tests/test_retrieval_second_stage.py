@@ -9,10 +9,10 @@ import pytest
 from memsched_grpc.models import MemoryItem
 from memsched_grpc.retrieval import latent
 from memsched_grpc.retrieval.latent import MIN_REFIT_CHANGES, LatentIndex
-from memsched_grpc.retrieval.lexical import LexicalIndex
 from memsched_grpc.retrieval.retriever import SIGNALS, SPREAD, SPREAD_MIN_MATCHES, SPREAD_UNITS, Retriever, spread
 from memsched_grpc.retrieval.settings import RetrievalConfig
 from memsched_grpc.retrieval.tokenizer import tokenize
+from tests.lexical_reference import LexicalIndex
 
 TOPICS = {
     "pets": ["dog", "puppy", "leash", "walk", "park", "bark", "vet", "fetch"],

@@ -6,8 +6,8 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from memsched_grpc.retrieval.lexical import LexicalIndex
 from memsched_grpc.term_index import TermIndex
+from tests.lexical_reference import LexicalIndex
 
 WORDS = st.sampled_from([f"w{i}" for i in range(40)])
 STEPS = st.lists(

@@ -948,13 +948,14 @@ class Retriever:
         return feedback, touched
 
     def _bm25(self, term_weights: Mapping[str, float], n: int) -> Floats:
-        """LexicalIndex.weighted_scores by slot (n + 1 cells, the last 0)."""
+        """BM25 with a weight per query term (LexicalIndex.weighted_scores of tests/lexical_reference.py) by slot
+        (n + 1 cells, the last 0)."""
         return self._bm25_touched(term_weights, n)[0]
 
     def _bm25_touched(self, term_weights: Mapping[str, float], n: int) -> tuple[Floats, Ints]:
-        """LexicalIndex.weighted_scores by slot (n + 1 cells, the last 0) and the slots holding a term, over
-        postings cached as arrays: common terms would cost milliseconds per query through the dict walk in a large
-        cube."""
+        """BM25 with a weight per query term (LexicalIndex.weighted_scores of tests/lexical_reference.py) by slot
+        (n + 1 cells, the last 0) and the slots holding a term, over postings cached as arrays: common terms would
+        cost milliseconds per query through the dict walk in a large cube."""
         out = np.zeros(n + 1, dtype=np.float64)
         touched: list[Ints] = []
         k1, b = self.config.k1, self.config.b

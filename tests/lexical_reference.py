@@ -1,9 +1,8 @@
-"""An incremental BM25 index for one cube: add and remove documents one at a time, query in milliseconds.
+"""An incremental BM25 index over memory ids: the reference the service's own structures are tested against.
 
-bm25s and friends rebuild the whole index to add a document; a scheduler adds memories on every turn,
-so postings are kept as plain dicts that change in place. A document can also grow and shrink term by term
-(``extend``/``retract``), which is how a whole conversation session is indexed as one document while its
-turns arrive one by one.
+The service once kept it (the cube, for near-duplicate candidates; the retriever, for memory and session BM25).
+Both moved to structures of their own (term_index.TermIndex; BM25 statistics beside the retriever's slot
+postings) that must give the same candidates and bit-identical scores; this plain version states what those are.
 """
 
 from __future__ import annotations
