@@ -168,6 +168,11 @@ def index_text(item: MemoryItem, metadata_keys: Sequence[str]) -> str:
     return "\n".join(parts)
 
 
+def bm25_idf(documents: int, holding: int) -> float:
+    """BM25's idf of a term ``holding`` of ``documents`` documents hold (memories, or sessions as documents)."""
+    return math.log(1.0 + (documents - holding + 0.5) / (holding + 0.5))
+
+
 def spread(matrix: Floats) -> Floats:
     """``matrix`` with each SPREAD column divided by SPREAD_UNITS times the standard deviation of its positive values.
 
@@ -855,7 +860,7 @@ class Retriever:
                 held = np.flatnonzero(summed)
                 tf = summed[held]
             df = len(held)
-            idf = math.log(1.0 + (n - df + 0.5) / (df + 0.5))
+            idf = bm25_idf(n, df)
             norm = k1 * (1.0 - b + b * self._session_length[held] / average)
             out[held] += qtf * idf * tf * (k1 + 1.0) / (tf + norm)
         return out
@@ -1000,8 +1005,7 @@ class Retriever:
         df = self._df[found] if found is not None else 0
         if not df:
             return 0.0
-        n = len(self._slot)
-        return math.log(1.0 + (n - df + 0.5) / (df + 0.5))
+        return bm25_idf(len(self._slot), df)
 
     def _with_neighbours(self, out: Floats, rows: Ints, name: str, values: Floats) -> None:
         """Columns ``name``, ``previous_name`` and ``next_name`` of ``rows`` from ``values`` (by slot, n + 1 cells,
