@@ -28,8 +28,11 @@ def generate(out: Path) -> None:
     """Run protoc for every proto file into ``out`` (a folder standing for the repository root)."""
     protos = sorted(str(p.relative_to(PROTO_ROOT)) for p in (PROTO_ROOT / PACKAGE_DIR).glob("*.proto"))
     well_known = Path(grpc_tools.__file__).parent / "_proto"
+    scripts = Path(sys.executable).parent  # the mypy-protobuf plugins sit beside this interpreter, PATH or not
     args = [
         "protoc",
+        f"--plugin=protoc-gen-mypy={scripts / 'protoc-gen-mypy'}",
+        f"--plugin=protoc-gen-mypy_grpc={scripts / 'protoc-gen-mypy_grpc'}",
         f"-I{PROTO_ROOT}",
         f"-I{well_known}",
         f"--python_out={out}",
