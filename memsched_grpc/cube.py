@@ -149,6 +149,18 @@ class Cube:
         self._remember(item, tokens)
         return item
 
+    def record_use(self, memory_id: str) -> MemoryItem | None:
+        """Count one more use of a memory (a query brought it into working memory, an answer drew on it); returns
+        it as stored, None when it is gone. Only the count changes, so nothing is re-indexed: on a query that
+        brings in 20 newcomers this is most of what writing them back costs."""
+        item = self.get(memory_id)
+        if item is None:
+            return None
+        item.usage_count += 1
+        self.tables.put_memory(self._tx(), self.key, item)
+        self.entries[memory_id].usage_count = item.usage_count
+        return item
+
     def archive(self, memory_id: str) -> MemoryItem | None:
         """Move a memory out of its partition into the archive (still readable there)."""
         item = self.get(memory_id)

@@ -19,8 +19,6 @@ def handle(ctx: HandlerContext) -> None:
         tokens = set(cube.tokens(entry.id))
         shared = len(tokens & answer_tokens)
         if tokens and shared >= min(MIN_SHARED, len(tokens)) and shared >= MIN_SHARE * len(tokens):
-            item = cube.get(entry.id)
-            if item is not None:
-                cube.put(item.model_copy(update={"usage_count": item.usage_count + 1}))
+            cube.record_use(entry.id)
     ctx.log(WebLogLabel.ADD_MESSAGE, MemoryType.USER_INPUT, MemoryType.NOT_APPLICABLE, f"[Assistant] {message.content}")
     cube.save()

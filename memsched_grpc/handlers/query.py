@@ -156,10 +156,9 @@ def handle(ctx: HandlerContext) -> None:
     for entry in chosen:
         if entry.id in previous:
             continue
-        item = cube.get(entry.id)
+        item = cube.record_use(entry.id)
         if item is None:
             continue
-        item = cube.put(item.model_copy(update={"usage_count": item.usage_count + 1}))
         move = f"[{item.memory_type}→WorkingMemory] {item.key}: {item.memory}"
         ctx.log(
             WebLogLabel.SCHEDULE_MEMORY,
