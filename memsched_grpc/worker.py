@@ -42,6 +42,11 @@ ResultTuple = tuple[int, str, str, int, list[EncodedLog], float]  # (seq, outcom
 PRUNE_INTERVAL = 5.0
 QUERY_LABEL = "query"
 POLL_INTERVAL = 0.001  # how often a round looks for newly arrived work (a query ends the round)
+# Garbage collection runs while the worker is idle, not inside handlers (see Worker.run_once). Automatic
+# collections are kept as a backstop for a worker that is never idle, at far more allocations than CPython's 700.
+IDLE_COLLECT_AFTER = 700
+AUTOMATIC_COLLECT_AFTER = 100_000
+RESULTS_GRACE = 0.002  # seconds the results just queued get to leave before a collection holds the GIL
 
 
 class TaskSource(Protocol):
@@ -88,15 +93,28 @@ class Worker:
         self.close()
 
     def run_once(self, timeout: float) -> bool:
-        """Take what arrived (waiting at most ``timeout`` when idle), handle what is ready; False on stop."""
-        if not self._receive(self._wait_time(timeout)):
+        """Take what arrived (waiting at most ``timeout`` when idle), handle what is ready; False on stop.
+
+        A query allocates thousands of short-lived objects, so with CPython's default thresholds the collector
+        ran about once a query, inside the handler, and now and then a full collection of ~10 ms: the query
+        handler on 10k-memory cubes, in-process, spent 0.26 ms a query collecting and ran ~0.75 ms slower on
+        average. The worker collects when it has nothing to do instead, after a grace period in which the
+        results queue's feeder thread sends what the last round produced (the collector holds the GIL)."""
+        wait = self._wait_time(timeout)
+        collect = wait > 0 and gc.get_count()[0] >= IDLE_COLLECT_AFTER
+        if not self._receive(min(wait, RESULTS_GRACE) if collect else wait):
             self.stopping = True
             return False
+        if collect and not self._ready():
+            _collect_garbage()
         self._process_ready()
         return True
 
+    def _ready(self) -> bool:
+        return any(cube not in self.blocked for cube in self.queues)
+
     def _wait_time(self, timeout: float) -> float:
-        if any(cube not in self.blocked for cube in self.queues):
+        if self._ready():
             return 0.0
         if self.blocked:
             return max(0.0, min(min(self.blocked.values()) - time.monotonic(), timeout))
@@ -321,6 +339,12 @@ class Worker:
         self.shards.close()
 
 
+def _collect_garbage() -> None:
+    """One collection of the generation CPython's default thresholds would pick (10 younger collections each)."""
+    _, young, middle = gc.get_count()
+    gc.collect(2 if middle >= 10 else 1 if young >= 10 else 0)
+
+
 class _Plan:
     """What a batch decided, applied only after its transaction committed."""
 
@@ -335,6 +359,7 @@ def worker_main(
 ) -> None:
     """Entry point of a spawned worker. SIGINT belongs to the server (it drains); SIGTERM stops after the batch."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    gc.set_threshold(AUTOMATIC_COLLECT_AFTER, 10, 10)
     configure_logging(settings.log_level, settings.log_format, f"worker-{index}")
     worker = Worker(settings, tasks, results, current)
 
