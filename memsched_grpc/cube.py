@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import lmdb
 
+from memsched_grpc.encoded_log import EncodedLog
 from memsched_grpc.models import (
     CubeState,
     LogEntry,
@@ -194,8 +195,9 @@ class Cube:
         content: str,
         memories: list[MemoryItem] | None = None,
         entries: list[LogEntry] | None = None,
-    ) -> LogItem:
-        """Record a log item in the cube's history; sizes are taken after the change."""
+    ) -> EncodedLog:
+        """Record a log item in the cube's history; sizes are taken after the change. It is encoded here, once:
+        the history keeps the bytes that go to the clients."""
         memories = memories or []
         seq = self.state.next_log_seq
         self.state.next_log_seq = seq + 1
@@ -218,8 +220,9 @@ class Cube:
             source_item_id=message.item_id,
             sequence=seq,
         )
-        self.tables.append_log(self._tx(), self.key, item, self.history_keep)
-        return item
+        encoded = EncodedLog.of(item)
+        self.tables.append_log(self._tx(), self.key, encoded, self.history_keep)
+        return encoded
 
     def _remember(self, item: MemoryItem, known_tokens: list[str] | None = None) -> None:
         fingerprint = text_fingerprint(item.memory)

@@ -28,6 +28,11 @@ class EncodedLog(NamedTuple):
         data = convert.log_to_proto(item).SerializeToString()
         return cls(item.user_id, item.mem_cube_id, item.label, item.sequence, data)
 
+    @classmethod
+    def from_bytes(cls, data: bytes) -> EncodedLog:
+        log = items_pb2.ScheduleLogForWebItem.FromString(data)
+        return cls(log.user_id, log.mem_cube_id, log.label, log.sequence, data)
+
     def proto(self) -> items_pb2.ScheduleLogForWebItem:
         return items_pb2.ScheduleLogForWebItem.FromString(self.data)
 

@@ -25,7 +25,6 @@ from memsched_grpc.inbox import GroupCommitter, Inbox, Incoming, Record
 from memsched_grpc.models import (
     CubeState,
     ItemStatus,
-    LogItem,
     MemoryCapacities,
     MemoryItem,
     MemorySizes,
@@ -355,12 +354,12 @@ class MemScheduler:
                 archived.sort(key=lambda m: m.updated_at, reverse=True)
         return CubeView(state, partitions, cube_sizes(state), caps, archived[: limit or None])
 
-    def history(self, user_id: str, mem_cube_id: str, last: int) -> list[LogItem]:
+    def history(self, user_id: str, mem_cube_id: str, last: int) -> list[EncodedLog]:
         """Recent log items of one cube, or of every cube of the user (each cube's in order)."""
         if last <= 0:
             return []
         cubes = [mem_cube_id] if mem_cube_id else self.cubes_of(user_id)
-        out: list[LogItem] = []
+        out: list[EncodedLog] = []
         for cube in cubes:
             tables = self.shards.for_cube(user_id, cube)
             with tables.env.read() as txn:
@@ -380,7 +379,7 @@ class MemScheduler:
         """Subscribe first, then read history, so nothing falls between replay and live items."""
         sub = self.feed.subscribe(user_id, mem_cube_id, labels)
         history = self.history(user_id, mem_cube_id, replay)
-        return sub, [EncodedLog.of(log) for log in history if sub.matches(log)]
+        return sub, [log for log in history if sub.matches(log)]
 
     def list_cubes(self, user_id: str) -> list[CubeSummary]:
         """Every cube with stored state (of one user, or all), with its pending count."""

@@ -280,8 +280,7 @@ class Worker:
                 cube_ref = self.cubes.get(cube_key)
                 if cube_ref is not None:
                     cube_ref.txn = None
-            logs = [EncodedLog.of(log) for log in ctx.logs]
-            plan.results.append((pending.seq, OK, "", pending.attempts + 1, logs, time.perf_counter() - started))
+            plan.results.append((pending.seq, OK, "", pending.attempts + 1, ctx.logs, time.perf_counter() - started))
 
     def _fail(
         self,

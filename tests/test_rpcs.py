@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import threading
+from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -11,7 +13,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from memsched.v1 import items_pb2, scheduler_pb2
-from tests.conftest import Client, collect, item
+from memsched_grpc.config import load_settings
+from memsched_grpc.store import keys
+from memsched_grpc.store.shards import ShardSet
+from tests.conftest import Client, collect, item, settings_dict
 
 PET_FACTS = [
     {"role": "user", "content": "I just adopted a golden retriever puppy yesterday."},
@@ -103,6 +108,38 @@ def test_status_of_items_and_tasks(client: Client) -> None:
     with pytest.raises(grpc.RpcError) as err:
         client.stub.GetStatus(scheduler_pb2.GetStatusRequest())
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_history_written_as_json_by_earlier_versions_still_replays(make_server: Any, tmp_path: Path) -> None:
+    # History used to hold LogItem JSON; it now holds the wire bytes. A data dir from before must still replay.
+    data_dir = tmp_path / "old"
+    server, client = make_server(data_dir)
+    client.session([item(content="an early memory"), item(content="a second memory")])
+    server.stop()
+    settings = load_settings(**settings_dict(data_dir))
+    shards = ShardSet(settings.storage, settings.storage.shards)
+    tables = shards.for_cube("u1", "c1")
+    cube = keys.cube_key("u1", "c1")
+    with tables.env.read() as txn:
+        stored = tables.history(txn, cube, 10)
+    assert [log.item().log_content for log in stored] == [
+        "[LongTermMemory] an early memory: an early memory",
+        "[LongTermMemory] a second memory: a second memory",
+    ]
+    old_format = stored[:1]  # the first as JSON, the second as wire bytes: a dir written across the upgrade
+    tables.env.write(
+        lambda txn: [
+            txn.put(keys.history_key(cube, log.sequence), log.item().model_dump_json().encode(), db=tables._history)
+            for log in old_format
+        ]
+    )
+    shards.close()
+
+    _, client = make_server(data_dir)
+    stream = client.stub.WatchLogs(scheduler_pb2.WatchLogsRequest(user_id="u1", replay=10), timeout=30)
+    replayed = next(stream)
+    assert [log.SerializeToString() for log in replayed.logs] == [log.data for log in stored]
+    stream.cancel()
 
 
 def test_watch_replays_history_then_streams_live(client: Client) -> None:

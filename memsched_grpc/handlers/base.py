@@ -7,7 +7,8 @@ from dataclasses import dataclass, field
 
 from memsched_grpc.config import SchedulerConfig
 from memsched_grpc.cube import Cube
-from memsched_grpc.models import LogEntry, LogItem, MemoryItem, MemoryType, Message
+from memsched_grpc.encoded_log import EncodedLog
+from memsched_grpc.models import LogEntry, MemoryItem, MemoryType, Message
 
 
 @dataclass
@@ -15,7 +16,7 @@ class HandlerContext:
     message: Message
     cube: Cube
     config: SchedulerConfig
-    logs: list[LogItem] = field(default_factory=list)
+    logs: list[EncodedLog] = field(default_factory=list)
 
     def log(
         self,
@@ -25,8 +26,9 @@ class HandlerContext:
         content: str,
         memories: list[MemoryItem] | None = None,
         entries: list[LogEntry] | None = None,
-    ) -> LogItem:
-        """Record a log item; it reaches the submitting stream and every watcher once the message commits."""
+    ) -> EncodedLog:
+        """Record a log item; it reaches the submitting stream and every watcher once the message commits
+        (``.item()`` decodes it)."""
         item = self.cube.log(self.message, label, from_type, to_type, content, memories, entries)
         self.logs.append(item)
         return item

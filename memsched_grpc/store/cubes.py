@@ -9,6 +9,7 @@ from typing import Any
 
 import lmdb
 
+from memsched_grpc.encoded_log import EncodedLog
 from memsched_grpc.models import CubeState, LogItem, MemoryItem, MemoryType
 from memsched_grpc.store import keys
 from memsched_grpc.store.environment import Environment, as_bytes
@@ -81,12 +82,13 @@ class CubeTables:
             yield MemoryItem.model_validate_json(raw)
 
     # log history
-    def append_log(self, txn: lmdb.Transaction, cube: bytes, log: LogItem, keep: int) -> None:
-        txn.put(keys.history_key(cube, log.sequence), log.model_dump_json().encode(), db=self._history)
+    def append_log(self, txn: lmdb.Transaction, cube: bytes, log: EncodedLog, keep: int) -> None:
+        """History holds the bytes the clients receive: a log item is serialized once, for both."""
+        txn.put(keys.history_key(cube, log.sequence), log.data, db=self._history)
         if log.sequence > keep:
             txn.delete(keys.history_key(cube, log.sequence - keep), db=self._history)
 
-    def history(self, txn: lmdb.Transaction, cube: bytes, last: int) -> list[LogItem]:
+    def history(self, txn: lmdb.Transaction, cube: bytes, last: int) -> list[EncodedLog]:
         """The ``last`` most recent log items of the cube, oldest first."""
         if last <= 0:
             return []
@@ -105,7 +107,7 @@ class CubeTables:
             out.append(as_bytes(cursor.value()))
             if not cursor.prev():
                 break
-        return [LogItem.model_validate_json(as_bytes(raw)) for raw in reversed(out)]
+        return [_history_entry(raw) for raw in reversed(out)]
 
     # exactly-once markers, keyed by inbox sequence number
     def is_done(self, txn: lmdb.Transaction, seq: int) -> bool:
@@ -122,6 +124,14 @@ class CubeTables:
         while int.from_bytes(cursor.key(), "big") < below:
             if not cursor.delete():
                 break
+
+
+def _history_entry(raw: bytes) -> EncodedLog:
+    """Data dirs written before history held wire bytes hold LogItem JSON; a serialized ScheduleLogForWebItem
+    never starts with "{" (0x7b would be field 15 starting a group, which proto3 has not)."""
+    if raw[:1] == b"{":
+        return EncodedLog.of(LogItem.model_validate_json(raw))
+    return EncodedLog.from_bytes(raw)
 
 
 def _values_with_prefix(txn: lmdb.Transaction, db: Any, prefix: bytes) -> Iterator[bytes]:
