@@ -186,6 +186,24 @@ def bm25_idf(documents: int, holding: int) -> float:
     return math.log(1.0 + (documents - holding + 0.5) / (holding + 0.5))
 
 
+def _mask(size: int, values: Ints) -> npt.NDArray[np.bool_]:
+    """A ``size``-cell mask of ``values`` (each in 0..size-1)."""
+    mark = np.zeros(size, dtype=np.bool_)
+    mark[values] = True
+    return mark
+
+
+def _members(size: int, *parts: Ints) -> Ints:
+    """The distinct values of ``parts`` (each in 0..size-1), ascending. For the few thousand slots or sessions a
+    large cube's query reads, marking a mask is several times cheaper than np.unique's or np.union1d's sort
+    (bounded_signals spent ~0.7 ms a query in them at 10k memories)."""
+    mark = np.zeros(size, dtype=np.bool_)
+    for part in parts:
+        mark[part] = True
+    members: Ints = np.flatnonzero(mark)
+    return members
+
+
 def spread(matrix: Floats) -> Floats:
     """``matrix`` with each SPREAD column divided by SPREAD_UNITS times the standard deviation of its positive values.
 
@@ -800,17 +818,20 @@ class Retriever:
         if len(hit):
             lexical[hit] /= lexical[hit].max()
         rows = self._around(self._best(lexical, hit, limit))
-        sessions = np.unique(self._session[rows])
+        session_count = len(self._session_of_key)
+        sessions = _members(session_count, self._session[rows])
         raw = self._session_scores(sessions, tokens)
         out = self._first_stage_rows(rows, lexical, self._per_session(sessions, raw), named, query)
         top, top_scores = self._feedback_docs(out, rows, weight_vector(self.config.first_stage))
         feedback = self._feedback(top, top_scores, tokens, n)
         if feedback is not None:
             values, touched = feedback
-            extra = np.setdiff1d(self._around(self._best(values, touched, limit)), rows, assume_unique=True)
+            around = self._around(self._best(values, touched, limit))
+            extra = around[~_mask(n, rows)[around]]
             if len(extra):
-                rows = np.union1d(rows, extra)
-                more = np.setdiff1d(np.unique(self._session[extra]), sessions, assume_unique=True)
+                rows = _members(n, rows, extra)
+                held = _members(session_count, self._session[extra])
+                more = held[~_mask(session_count, sessions)[held]]
                 sessions = np.concatenate([sessions, more])
                 raw = np.concatenate([raw, self._session_scores(more, tokens)])
                 out = self._first_stage_rows(rows, lexical, self._per_session(sessions, raw), named, query)
