@@ -29,9 +29,9 @@ class HandlerContext:
     ) -> EncodedLog:
         """Record a log item; it reaches the submitting stream and every watcher once the message commits
         (``.item()`` decodes it)."""
-        item = self.cube.log(self.message, label, from_type, to_type, content, memories, entries)
-        self.logs.append(item)
-        return item
+        log = self.cube.log(self.message, label, from_type, to_type, content, memories, entries)
+        self.logs.append(log)
+        return log
 
 
 Handler = Callable[[HandlerContext], None]
