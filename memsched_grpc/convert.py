@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -12,6 +13,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from memsched.v1 import items_pb2, scheduler_pb2
 from memsched_grpc.models import (
+    CubeState,
     ItemStatus,
     LogEntry,
     LogItem,
@@ -48,16 +50,20 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def timestamp(value: datetime | float | None) -> Timestamp:
-    if value is None:
-        return Timestamp()
-    if isinstance(value, datetime):
-        # Timestamp.FromDatetime goes through utctimetuple and calendar.timegm (1.6 µs); the timedelta's integer
-        # fields give the same seconds and nanos in 0.5 µs, and every log item carries two or more timestamps.
-        delta = (value if value.tzinfo is UTC else value.astimezone(UTC)) - _EPOCH
-        return Timestamp(seconds=delta.days * 86_400 + delta.seconds, nanos=delta.microseconds * 1000)
     ts = Timestamp()
-    ts.FromNanoseconds(int(value * 1e9))
+    if isinstance(value, datetime):
+        set_timestamp(ts, value)
+    elif value is not None:
+        ts.FromNanoseconds(int(value * 1e9))
     return ts
+
+
+def set_timestamp(target: Timestamp, value: datetime) -> None:
+    """Timestamp.FromDatetime goes through utctimetuple and calendar.timegm (1.6 µs); the timedelta's integer
+    fields give the same seconds and nanos in 0.5 µs, and every log item carries two or more timestamps."""
+    delta = (value if value.tzinfo is UTC else value.astimezone(UTC)) - _EPOCH
+    target.seconds = delta.days * 86_400 + delta.seconds
+    target.nanos = delta.microseconds * 1000
 
 
 def struct(value: dict[str, Any]) -> Struct:
@@ -90,6 +96,16 @@ def sizes_to_proto(sizes: MemorySizes) -> items_pb2.MemorySizes:
     return items_pb2.MemorySizes(**sizes.model_dump())
 
 
+def state_sizes_to_proto(state: CubeState) -> items_pb2.MemorySizes:
+    """What cube_sizes(state) gives, without the model in between (every log item carries the sizes)."""
+    return items_pb2.MemorySizes(
+        long_term_memory_size=state.long_term_size,
+        user_memory_size=state.user_size,
+        working_memory_size=len(state.working),
+        transformed_act_memory_size=state.activation_size,
+    )
+
+
 def capacities_to_proto(capacities: MemoryCapacities) -> items_pb2.MemoryCapacities:
     return items_pb2.MemoryCapacities(**capacities.model_dump())
 
@@ -111,44 +127,83 @@ def memory_to_proto(item: MemoryItem, importance: float = 0.0) -> items_pb2.Memo
 
 
 def log_to_proto(log: LogItem) -> items_pb2.ScheduleLogForWebItem:
-    return items_pb2.ScheduleLogForWebItem(
+    return log_proto(
         item_id=log.item_id,
         user_id=log.user_id,
         mem_cube_id=log.mem_cube_id,
         label=log.label,
-        from_memory_type=MEMORY_TYPE_TO_PROTO[log.from_memory_type],
-        to_memory_type=MEMORY_TYPE_TO_PROTO[log.to_memory_type],
+        from_memory_type=log.from_memory_type,
+        to_memory_type=log.to_memory_type,
         log_content=log.log_content,
         current_memory_sizes=sizes_to_proto(log.current_memory_sizes),
         memory_capacities=capacities_to_proto(log.memory_capacities),
-        timestamp=timestamp(log.timestamp),
+        timestamp=log.timestamp,
         task_id=log.task_id,
-        status=STATE_TO_PROTO[log.status],
+        status=log.status,
         memcube_name=log.memcube_name,
         memory_len=log.memory_len,
-        memcube_log_content=[
-            items_pb2.MemcubeLogEntry(
-                content=e.content,
-                ref_id=e.ref_id,
-                from_memory_type=MEMORY_TYPE_TO_PROTO[e.from_memory_type],
-                to_memory_type=MEMORY_TYPE_TO_PROTO[e.to_memory_type],
-            )
-            for e in log.memcube_log_content
-        ],
-        metadata=[
-            items_pb2.MemoryMetadata(
-                id=m.id,
-                key=m.key,
-                memory=m.memory,
-                memory_type=MEMORY_TYPE_TO_PROTO[m.memory_type],
-                tags=m.tags,
-                updated_at=timestamp(m.updated_at),
-            )
-            for m in log.metadata
-        ],
+        memcube_log_content=log.memcube_log_content,
+        metadata=log.metadata,
         source_item_id=log.source_item_id,
         sequence=log.sequence,
     )
+
+
+def log_proto(
+    *,
+    item_id: str,
+    user_id: str,
+    mem_cube_id: str,
+    label: str,
+    from_memory_type: MemoryType,
+    to_memory_type: MemoryType,
+    log_content: str,
+    current_memory_sizes: items_pb2.MemorySizes,
+    memory_capacities: items_pb2.MemoryCapacities,
+    timestamp: datetime,
+    task_id: str,
+    status: TaskState,
+    memcube_name: str,
+    memory_len: int,
+    memcube_log_content: Sequence[LogEntry],
+    metadata: Sequence[MemoryItem],
+    source_item_id: str,
+    sequence: int,
+) -> items_pb2.ScheduleLogForWebItem:
+    """A log item built straight from its parts. The worker encodes every log item it makes (one per add, ~20 per
+    query) and nothing else reads them there, so it skips the LogItem model: 24 → 8 µs a log item."""
+    log = items_pb2.ScheduleLogForWebItem(
+        item_id=item_id,
+        user_id=user_id,
+        mem_cube_id=mem_cube_id,
+        label=label,
+        from_memory_type=MEMORY_TYPE_TO_PROTO[from_memory_type],
+        to_memory_type=MEMORY_TYPE_TO_PROTO[to_memory_type],
+        log_content=log_content,
+        task_id=task_id,
+        status=STATE_TO_PROTO[status],
+        memcube_name=memcube_name,
+        memory_len=memory_len,
+        source_item_id=source_item_id,
+        sequence=sequence,
+    )
+    log.current_memory_sizes.CopyFrom(current_memory_sizes)
+    log.memory_capacities.CopyFrom(memory_capacities)
+    set_timestamp(log.timestamp, timestamp)
+    add_entry = log.memcube_log_content.add
+    for e in memcube_log_content:
+        add_entry(
+            content=e.content,
+            ref_id=e.ref_id,
+            from_memory_type=MEMORY_TYPE_TO_PROTO[e.from_memory_type],
+            to_memory_type=MEMORY_TYPE_TO_PROTO[e.to_memory_type],
+        )
+    add_memory = log.metadata.add
+    for m in metadata:
+        memory = add_memory(id=m.id, key=m.key, memory=m.memory, memory_type=MEMORY_TYPE_TO_PROTO[m.memory_type])
+        memory.tags.extend(m.tags)
+        set_timestamp(memory.updated_at, m.updated_at)
+    return log
 
 
 def log_from_proto(log: items_pb2.ScheduleLogForWebItem) -> LogItem:

@@ -10,14 +10,15 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 
 import lmdb
 
+from memsched_grpc import convert
 from memsched_grpc.encoded_log import EncodedLog
 from memsched_grpc.models import (
     CubeState,
     LogEntry,
-    LogItem,
     MemoryCapacities,
     MemoryItem,
     MemorySizes,
@@ -26,6 +27,7 @@ from memsched_grpc.models import (
     TaskState,
     WorkingEntry,
     cube_sizes,
+    utcnow,
 )
 from memsched_grpc.retrieval.components import components
 from memsched_grpc.retrieval.retriever import Retriever
@@ -39,8 +41,10 @@ STORED_TYPES = (MemoryType.LONG_TERM, MemoryType.USER)
 _SPACES = re.compile(r"\s+")
 
 
+@lru_cache(maxsize=1024)
 def text_fingerprint(text: str) -> bytes:
-    """Identity of a memory text for exact-duplicate detection: case and whitespace do not count."""
+    """Identity of a memory text for exact-duplicate detection: case and whitespace do not count. Cached: an add
+    asks for its text's fingerprint twice (the duplicate check, then storing it)."""
     return hashlib.blake2b(_SPACES.sub(" ", text.strip().lower()).encode(), digest_size=12).digest()
 
 
@@ -61,6 +65,7 @@ class Cube:
         self.key = keys.cube_key(state.user_id, state.mem_cube_id)
         self.state = state
         self.capacities = capacities
+        self._capacities_proto = convert.capacities_to_proto(capacities)
         self.history_keep = history_keep
         self.terms = TermIndex()
         self.entries: dict[str, Entry] = {}
@@ -198,10 +203,9 @@ class Cube:
     ) -> EncodedLog:
         """Record a log item in the cube's history; sizes are taken after the change. It is encoded here, once:
         the history keeps the bytes that go to the clients."""
-        memories = memories or []
         seq = self.state.next_log_seq
         self.state.next_log_seq = seq + 1
-        item = LogItem(
+        proto = convert.log_proto(
             item_id=f"{message.item_id}/{seq}",
             user_id=message.user_id,
             mem_cube_id=message.mem_cube_id,
@@ -209,18 +213,19 @@ class Cube:
             from_memory_type=from_type,
             to_memory_type=to_type,
             log_content=content,
-            current_memory_sizes=self.sizes(),
-            memory_capacities=self.capacities,
+            current_memory_sizes=convert.state_sizes_to_proto(self.state),
+            memory_capacities=self._capacities_proto,
+            timestamp=utcnow(),
             task_id=message.task_id,
             status=TaskState.COMPLETED,
             memcube_name=message.mem_cube or message.mem_cube_id,
-            memory_len=len(memories) or len(entries or []),
-            memcube_log_content=entries or [],
-            metadata=memories,
+            memory_len=len(memories or ()) or len(entries or ()),
+            memcube_log_content=entries or (),
+            metadata=memories or (),
             source_item_id=message.item_id,
             sequence=seq,
         )
-        encoded = EncodedLog.of(item)
+        encoded = EncodedLog(message.user_id, message.mem_cube_id, label, seq, proto.SerializeToString())
         self.tables.append_log(self._tx(), self.key, encoded, self.history_keep)
         return encoded
 
