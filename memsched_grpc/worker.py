@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import os
 import signal
 import time
 from collections import OrderedDict, deque
@@ -358,6 +359,8 @@ def worker_main(
 ) -> None:
     """Entry point of a spawned worker. SIGINT belongs to the server (it drains); SIGTERM stops after the batch."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if settings.workers.nice:
+        os.nice(settings.workers.nice)  # the server goes first (WorkerConfig.nice)
     gc.set_threshold(AUTOMATIC_COLLECT_AFTER, 10, 10)
     configure_logging(settings.log_level, settings.log_format, f"worker-{index}")
     worker = Worker(settings, tasks, results, current)

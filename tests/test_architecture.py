@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -34,6 +35,18 @@ def test_workers_run_single_threaded_math(server_process: object) -> None:
             entry.split(b"=", 1) for entry in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0") if b"=" in entry
         )
         assert environ.get(b"OPENBLAS_NUM_THREADS") == b"1" and environ.get(b"OMP_NUM_THREADS") == b"1"
+    assert server.terminate() == 0
+
+
+def test_workers_run_nicer_than_the_server(server_process: object) -> None:
+    # The server is the one stage every item passes through; workers that are behind must not starve it
+    # (bench.ingest unbatched: 0.40 -> 0.60 of the echo with workers.nice 5).
+    server = server_process(workers={"count": 2, "nice": 7})  # type: ignore[operator]
+    server.start()
+    pids = server.worker_pids()
+    assert len(pids) == 2
+    base = os.getpriority(os.PRIO_PROCESS, server.proc.pid)
+    assert [os.getpriority(os.PRIO_PROCESS, pid) for pid in pids] == [min(base + 7, 19)] * 2
     assert server.terminate() == 0
 
 
