@@ -41,10 +41,11 @@ STORED_TYPES = (MemoryType.LONG_TERM, MemoryType.USER)
 _SPACES = re.compile(r"\s+")
 
 
-@lru_cache(maxsize=1024)
+@lru_cache(maxsize=16)
 def text_fingerprint(text: str) -> bytes:
-    """Identity of a memory text for exact-duplicate detection: case and whitespace do not count. Cached: an add
-    asks for its text's fingerprint twice (the duplicate check, then storing it)."""
+    """Identity of a memory text for exact-duplicate detection: case and whitespace do not count. Cached, because
+    an add asks for its text's fingerprint twice (the duplicate check, then storing it); only a few entries,
+    because a text may be as large as limits.max_content_bytes."""
     return hashlib.blake2b(_SPACES.sub(" ", text.strip().lower()).encode(), digest_size=12).digest()
 
 
