@@ -107,7 +107,23 @@ def main() -> None:
         as_json = log.model_dump_json().encode()
         as_proto = convert.log_to_proto(log).SerializeToString()
         print("| **a log item (one per add)** | | |")
-        per_item("worker: LogItem to protobuf bytes (EncodedLog.of)", lambda: EncodedLog.of(log), items=1)
+        fields = dict(log)
+        parts = {
+            **fields,
+            "current_memory_sizes": convert.sizes_to_proto(log.current_memory_sizes),
+            "memory_capacities": convert.capacities_to_proto(log.memory_capacities),
+        }
+        per_item(
+            "worker: its protobuf bytes from the parts (convert.log_proto)",
+            lambda: convert.log_proto(**parts).SerializeToString(),
+            items=1,
+            note="since d765d14",
+        )
+        per_item(
+            "before d765d14, worker: build the LogItem, then its bytes (EncodedLog.of)",
+            lambda: EncodedLog.of(LogItem(**fields)),
+            items=1,
+        )
         target = scheduler_pb2.SessionResponse()
         per_item(
             "server: the bytes into the response",

@@ -116,8 +116,8 @@ class WorkerConfig(Section):
     """Workers run this much nicer than the server. The server process is the one stage every item passes through
     (accept, acknowledge, dispatch, results and completions to the clients) and its GIL keeps it to one core; when
     the workers are behind, they take every core they are given, and a starved server slows all of that. Niced,
-    the workers still get every cycle the server leaves: bench/RESULTS.md measures unbatched ingest 0.40 -> 0.60
-    of the echo at 5, with handled throughput and query latency unchanged. 0: the kernel's fair share."""
+    the workers still get every cycle the server leaves: unbatched ingest went from 0.40 to 0.60 of the echo at 5,
+    and neither handled throughput nor query latency fell (bench/RESULTS.md). 0: the kernel's fair share."""
     boot_timeout_seconds: float = Field(default=60.0, gt=0)
     max_cached_cubes: int = Field(default=512, ge=1)
     """Cubes a worker keeps loaded (state and index); the least recently used is dropped beyond it."""
