@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 from memsched_grpc.config import StorageConfig
 from memsched_grpc.inbox import GroupCommitter, Inbox, Incoming
@@ -68,3 +69,41 @@ def test_group_commit_records_held_finishes_on_time_and_at_stop(tmp_path: Path) 
     assert inbox.status("second").state == TaskState.FAILED  # type: ignore[union-attr]
     assert inbox.status("third").state == TaskState.WAITING  # type: ignore[union-attr]
     inbox.close()
+
+
+def test_finishing_leaves_the_item_id_index_alone_and_old_index_values_still_read(tmp_path: Path) -> None:
+    """The index is written at acceptance only (random ids: each write dirties a page of its own). Data dirs of
+    earlier versions have the outcome's letter (C or F) in the index value; they must read, purge and re-drive
+    the same."""
+    inbox = Inbox(StorageConfig(data_dir=tmp_path, map_size_mb=4))
+    status_db = inbox.env.dbs["status"]
+
+    def index() -> dict[bytes, bytes]:
+        with inbox.env.read() as txn:
+            return {bytes(k): bytes(v) for k, v in txn.cursor(db=status_db)}
+
+    try:
+        done, dead = inbox.accept([_incoming("done", "t"), _incoming("dead", "t")])
+        assert done and dead
+        accepted = index()
+        inbox.finish([(done, TaskState.COMPLETED), (dead, TaskState.FAILED)])
+        assert index() == accepted
+        assert inbox.status("done").state == TaskState.COMPLETED  # type: ignore[union-attr]
+
+        def as_written_before(txn: Any) -> None:
+            for key, letter in ((b"done", b"C"), (b"dead", b"F")):
+                txn.put(key, letter + accepted[key][1:], db=status_db)
+
+        inbox.env.write(as_written_before)
+        assert inbox.status("done").state == TaskState.COMPLETED  # type: ignore[union-attr]
+        assert inbox.status("dead").state == TaskState.FAILED  # type: ignore[union-attr]
+        assert [s.item_id for s in inbox.dead_letters("", "", 10)] == ["dead"]
+        assert inbox.purge_finished(time.time_ns() + 1) == 1
+        assert inbox.status("done") is None and inbox.task_items("t") == ["dead"]
+        [redriven] = inbox.redrive(["dead"])
+        assert inbox.status("dead").state == TaskState.WAITING  # type: ignore[union-attr]
+        inbox.finish([(redriven, TaskState.COMPLETED)])
+        assert inbox.purge_finished(time.time_ns() + 1) == 1
+        assert inbox.status("dead") is None and not inbox.dead_letters("", "", 10)
+    finally:
+        inbox.close()
