@@ -23,6 +23,7 @@ from memsched_grpc.models import (
     MemoryType,
     Message,
     TaskState,
+    size_fields,
     utcnow,
 )
 
@@ -98,12 +99,7 @@ def sizes_to_proto(sizes: MemorySizes) -> items_pb2.MemorySizes:
 
 def state_sizes_to_proto(state: CubeState) -> items_pb2.MemorySizes:
     """What cube_sizes(state) gives, without the model in between (every log item carries the sizes)."""
-    return items_pb2.MemorySizes(
-        long_term_memory_size=state.long_term_size,
-        user_memory_size=state.user_size,
-        working_memory_size=len(state.working),
-        transformed_act_memory_size=state.activation_size,
-    )
+    return items_pb2.MemorySizes(**size_fields(state))
 
 
 def capacities_to_proto(capacities: MemoryCapacities) -> items_pb2.MemoryCapacities:

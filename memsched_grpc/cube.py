@@ -21,12 +21,10 @@ from memsched_grpc.models import (
     LogEntry,
     MemoryCapacities,
     MemoryItem,
-    MemorySizes,
     MemoryType,
     Message,
     TaskState,
     WorkingEntry,
-    cube_sizes,
     utcnow,
 )
 from memsched_grpc.retrieval.components import components
@@ -127,15 +125,17 @@ class Cube:
             self._retriever = retriever
         return self._retriever
 
+    @property
+    def next_sequence(self) -> int:
+        """The insertion sequence number put() gives the next new memory."""
+        return self.last_sequence + 1
+
     def size(self, memory_type: MemoryType) -> int:
         return self.state.user_size if memory_type == MemoryType.USER else self.state.long_term_size
 
     def capacity(self, memory_type: MemoryType) -> int:
         caps = self.capacities
         return caps.user_memory_capacity if memory_type == MemoryType.USER else caps.long_term_memory_capacity
-
-    def sizes(self) -> MemorySizes:
-        return cube_sizes(self.state)
 
     # writing
     def put(self, item: MemoryItem, tokens: list[str] | None = None) -> MemoryItem:
@@ -146,8 +146,8 @@ class Cube:
         old = self.entries.get(item.id)
         if old is None:
             self._resize(item.memory_type, +1)
-            if item.sequence <= self.last_sequence:
-                item = item.model_copy(update={"sequence": self.last_sequence + 1})
+            if item.sequence < self.next_sequence:
+                item = item.model_copy(update={"sequence": self.next_sequence})
         elif old.memory_type != item.memory_type:
             raise ValueError(f"memory {item.id} is in {old.memory_type}, not {item.memory_type}")
         else:

@@ -183,12 +183,17 @@ class CubeState(BaseModel):
 
 
 def cube_sizes(state: CubeState) -> MemorySizes:
-    return MemorySizes(
-        long_term_memory_size=state.long_term_size,
-        user_memory_size=state.user_size,
-        working_memory_size=len(state.working),
-        transformed_act_memory_size=state.activation_size,
-    )
+    return MemorySizes(**size_fields(state))
+
+
+def size_fields(state: CubeState) -> dict[str, int]:
+    """A cube's partition sizes by MemorySizes field name (the protobuf message has the same names)."""
+    return {
+        "long_term_memory_size": state.long_term_size,
+        "user_memory_size": state.user_size,
+        "working_memory_size": len(state.working),
+        "transformed_act_memory_size": state.activation_size,
+    }
 
 
 class RejectCode(enum.IntEnum):

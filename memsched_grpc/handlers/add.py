@@ -133,7 +133,7 @@ def handle(ctx: HandlerContext) -> None:
             created_at=now,
             updated_at=now,
             metadata=new.metadata,
-            sequence=cube.last_sequence + 1,  # as put() would number it, without copying the item
+            sequence=cube.next_sequence,  # numbered here, so put() need not copy the item
         )
         if cube.get(item.id) is not None:
             raise InvalidContent(f"memory id {item.id!r} already exists with other text")
