@@ -20,8 +20,8 @@ from memsched_grpc import convert
 from memsched_grpc.config import load_settings
 from memsched_grpc.encoded_log import EncodedLog
 from memsched_grpc.handlers import registered_labels
-from memsched_grpc.inbox import Inbox, Incoming
-from memsched_grpc.models import LogItem, MemoryCapacities, MemoryItem, MemorySizes, MemoryType
+from memsched_grpc.inbox import Inbox, Incoming, Record
+from memsched_grpc.models import LogItem, MemoryCapacities, MemoryItem, MemorySizes, MemoryType, TaskState
 from memsched_grpc.scheduler import MemScheduler
 from memsched_grpc.servicer import _session_response
 from memsched_grpc.session import Ack, Session
@@ -78,7 +78,18 @@ def main() -> None:
             for _ in range(5 * REPEATS + 1)
         ]
         it = iter(batches)
-        per_item("inbox accept (one fsync'd transaction)", lambda: inbox.accept(next(it)), note="fresh ids each time")
+        accepted: list[list[Record]] = []
+
+        def accept() -> None:
+            accepted.append([r for r in inbox.accept(next(it)) if r is not None])
+
+        per_item("inbox accept (one fsync'd transaction)", accept, note="fresh ids each time")
+        finishing = iter(accepted)
+        per_item(
+            "inbox finish (one fsync'd transaction)",
+            lambda: inbox.finish([(r, TaskState.COMPLETED) for r in next(finishing)]),
+            note="final status, off the pending table",
+        )
         inbox.close()
         ids = [x.item_id for x in parsed.items]
 

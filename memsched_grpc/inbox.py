@@ -9,12 +9,16 @@ finishes: the outcome goes to tables keyed by sequence number, which finished it
 Item ids are random, so an index write dirties a page of its own; finishing 40 items used to rewrite ~40
 scattered index pages in the commit the next acks waited for. Data dirs written before keep the outcome's
 letter (C or F) in the index value too; it is read the same way, the tables keyed by seq decide.
+
+A final status is written on the commit thread for every finished item, so it is packed by hand (~0.6 µs)
+rather than as the ItemStatus model's JSON (~12 µs); values written as JSON by earlier versions still read.
 """
 
 from __future__ import annotations
 
 import logging
 import queue
+import struct
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -35,6 +39,9 @@ DB_NAMES = ("status", "pending", "tasks", "meta", "dead", "finished", "final")
 _ACCEPTED = b"W"  # first byte of an index value; the 8 bytes after it are the item's sequence number
 MAX_GROUP_ITEMS = 20_000
 FINISH_DELAY = 0.02  # seconds a finished item may wait to be recorded in the inbox (see GroupCommitter._run)
+_FINAL_VERSION = b"\x01"  # first byte of a packed final status; JSON ones (earlier versions) start with "{"
+_FINAL_HEAD = struct.Struct(">Iqq")  # attempts, accepted_ns, finished_ns
+_FINAL_SEP = "\x1f"  # ids cannot hold control characters (validation); the error, which may, comes last
 
 
 @dataclass(slots=True)
@@ -82,6 +89,35 @@ class Record:
             seq=self.seq,
         )
 
+    def final_value(self, state: TaskState, finished_ns: int) -> bytes:
+        """The packed final status stored under the item's seq (read back by ``final_status``)."""
+        head = _FINAL_HEAD.pack(self.attempts, self.accepted_ns, finished_ns)
+        fields = (state.value, self.item_id, self.user_id, self.mem_cube_id, self.label, self.task_id, self.error)
+        return _FINAL_VERSION + head + _FINAL_SEP.join(fields).encode(errors="replace")
+
+
+def final_status(seq: int, value: bytes) -> ItemStatus:
+    """A final status as stored by ``Record.final_value``, or as JSON by versions before it."""
+    if value[:1] != _FINAL_VERSION:
+        return ItemStatus.model_validate_json(value)
+    attempts, accepted_ns, finished_ns = _FINAL_HEAD.unpack_from(value, 1)
+    state, item_id, user_id, mem_cube_id, label, task_id, error = (
+        value[1 + _FINAL_HEAD.size :].decode().split(_FINAL_SEP, 6)
+    )
+    return ItemStatus(
+        item_id=item_id,
+        user_id=user_id,
+        mem_cube_id=mem_cube_id,
+        label=label,
+        task_id=task_id,
+        state=TaskState(state),
+        error=error,
+        attempts=attempts,
+        accepted_at=datetime.fromtimestamp(accepted_ns / 1e9, UTC),
+        finished_at=datetime.fromtimestamp(finished_ns / 1e9, UTC),
+        seq=seq,
+    )
+
 
 class Inbox:
     def __init__(self, storage: StorageConfig) -> None:
@@ -127,7 +163,6 @@ class Inbox:
     def _accept(self, items: list[Incoming], done: list[tuple[Record, TaskState]]) -> list[Record | None]:
         now = time.time_ns()
         start_seq = self._next_seq
-        finished_at = now.to_bytes(8, "big")
 
         def write(txn: lmdb.Transaction) -> list[Record | None]:
             seq = start_seq
@@ -151,7 +186,7 @@ class Inbox:
                 )
                 seq += 1
             put(b"next_seq", seq.to_bytes(8, "big"), db=self._meta)
-            self._finish_in(txn, done, finished_at)
+            self._finish_in(txn, done, now)
             return out
 
         records = self.env.write(write)
@@ -161,23 +196,25 @@ class Inbox:
     def finish(self, done: list[tuple[Record, TaskState]]) -> None:
         """Record final states and take the items off the pending table, in one transaction of its own
         (the GroupCommitter usually does this inside an accept's transaction instead)."""
-        finished_at = time.time_ns().to_bytes(8, "big")
-        self.env.write(lambda txn: self._finish_in(txn, done, finished_at))
+        now = time.time_ns()
+        self.env.write(lambda txn: self._finish_in(txn, done, now))
 
-    def _finish_in(self, txn: lmdb.Transaction, done: list[tuple[Record, TaskState]], finished_at: bytes) -> None:
+    def _finish_in(self, txn: lmdb.Transaction, done: list[tuple[Record, TaskState]], now: int) -> None:
         """Only tables keyed by seq (and the finished-at index, in time order) change: not the item_id index.
         Failed items keep their payload in the dead-letter table, from where they can be re-driven."""
+        finished_at = now.to_bytes(8, "big")
         for record, state in done:
             seq = keys.seq_key(record.seq)
-            txn.put(seq, record.status(state, finished=True).model_dump_json().encode(), db=self._final)
+            txn.put(seq, record.final_value(state, now), db=self._final)
             if state == TaskState.FAILED:
                 txn.put(seq, record.accepted_ns.to_bytes(8, "big") + record.payload, db=self._dead)
             txn.delete(seq, db=self._pending)
             txn.put(finished_at + record.item_id.encode(), b"", db=self._finished)
 
     def _final_status(self, txn: lmdb.Transaction, index_value: bytes) -> ItemStatus | None:
-        raw = txn.get(index_value[1:9], db=self._final)
-        return None if raw is None else ItemStatus.model_validate_json(as_bytes(raw))
+        seq = index_value[1:9]
+        raw = txn.get(seq, db=self._final)
+        return None if raw is None else final_status(int.from_bytes(seq, "big"), as_bytes(raw))
 
     def purge_finished(self, older_than_ns: int, limit: int = 10_000) -> int:
         """Forget up to ``limit`` items that finished before ``older_than_ns``: their status record, and with it

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import threading
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from memsched_grpc.config import StorageConfig
-from memsched_grpc.inbox import GroupCommitter, Inbox, Incoming
+from memsched_grpc.inbox import GroupCommitter, Inbox, Incoming, Record, final_status
 from memsched_grpc.models import TaskState
 from tests.conftest import item
 
@@ -105,5 +109,55 @@ def test_finishing_leaves_the_item_id_index_alone_and_old_index_values_still_rea
         inbox.finish([(redriven, TaskState.COMPLETED)])
         assert inbox.purge_finished(time.time_ns() + 1) == 1
         assert inbox.status("dead") is None and not inbox.dead_letters("", "", 10)
+    finally:
+        inbox.close()
+
+
+_ids = st.text(st.characters(min_codepoint=0x20, blacklist_categories=("Cs",)), max_size=40).filter(
+    lambda s: "\x7f" not in s
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    ids=st.tuples(_ids, _ids, _ids, _ids, _ids),
+    error=st.text(st.characters(blacklist_categories=("Cs",)), max_size=200),
+    state=st.sampled_from([TaskState.COMPLETED, TaskState.FAILED]),
+    attempts=st.integers(0, 2**32 - 1),
+    accepted_ns=st.integers(0, 2**62),
+    finished_ns=st.integers(0, 2**62),
+)
+def test_a_packed_final_status_reads_back_as_the_status_it_packs(
+    ids: tuple[str, str, str, str, str], error: str, state: TaskState, attempts: int, accepted_ns: int, finished_ns: int
+) -> None:
+    """Ids cannot hold control characters (validation), the error can: it holds the separator too."""
+    item_id, user_id, cube, label, task_id = ids
+    record = Record(7, item_id, user_id, cube, label, task_id, b"", accepted_ns, attempts=attempts, error=error)
+    expected = record.status(state, finished=True).model_copy(
+        update={"finished_at": datetime.fromtimestamp(finished_ns / 1e9, UTC)}
+    )
+    assert final_status(7, record.final_value(state, finished_ns)) == expected
+    assert final_status(7, expected.model_dump_json().encode()) == expected  # as versions before wrote it
+
+
+def test_final_statuses_written_as_json_by_earlier_versions_still_read(tmp_path: Path) -> None:
+    inbox = Inbox(StorageConfig(data_dir=tmp_path, map_size_mb=4))
+    try:
+        [dead] = inbox.accept([_incoming("dead", "t")])
+        assert dead
+        dead.error, dead.attempts = "boom", 3
+        inbox.finish([(dead, TaskState.FAILED)])
+        packed = inbox.status("dead")
+        assert packed is not None and packed.state == TaskState.FAILED and packed.error == "boom"
+
+        def as_written_before(txn: Any) -> None:
+            txn.put(dead.seq.to_bytes(8, "big"), packed.model_dump_json().encode(), db=inbox.env.dbs["final"])
+
+        inbox.env.write(as_written_before)
+        assert inbox.status("dead") == packed
+        assert inbox.dead_letters("", "", 10) == [packed]
+        [redriven] = inbox.redrive(["dead"])
+        inbox.finish([(redriven, TaskState.COMPLETED)])
+        assert inbox.status("dead").state == TaskState.COMPLETED  # type: ignore[union-attr]
     finally:
         inbox.close()
