@@ -93,6 +93,18 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def disk_written(pid: int) -> int:
+    """Bytes one process has caused to be written to the storage layer so far (``write_bytes``: the page-cache
+    folios it dirtied, whole, not what it passed to ``write``)."""
+    try:
+        for line in Path(f"/proc/{pid}/io").read_text().splitlines():
+            if line.startswith("write_bytes:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
 def dir_bytes(path: Path) -> int:
     """Bytes the files under ``path`` occupy on disk (LMDB files are sparse: st_blocks, not st_size)."""
     return sum(p.stat().st_blocks * 512 for p in path.rglob("*") if p.is_file())
@@ -150,6 +162,10 @@ class Process:
 
     def cpu(self) -> float:
         return sum(cpu_seconds(p) for p in self.pids)
+
+    def disk_written(self) -> tuple[int, int]:
+        """Bytes written to disk so far by the server process, and by its workers together."""
+        return disk_written(self.proc.pid), sum(disk_written(p) for p in self.worker_pids)
 
     def stop(self, timeout: float = 60) -> None:
         if self.proc.poll() is None:

@@ -9,7 +9,9 @@ repeated; prints memsched / ceiling from the medians. The client sends pre-seria
 
 A third server per repeat runs with its workers stopped (SIGSTOP; the items wait in the inbox's backlog):
 the ingest path alone (validate, commit with fsync, ack, queue for a worker), so the table separates what
-accepting costs from what handling the items on the same cores costs.
+accepting costs from what handling the items on the same cores costs. Each run also prints the bytes the
+server and its workers wrote to disk per acknowledged item (``write_bytes`` of ``/proc/<pid>/io``, counted when
+a page-cache folio is dirtied, so a large folio counts whole).
 
     python -m bench.ingest [--repeats 3] [--scale 1.0]
 """
@@ -58,7 +60,10 @@ def run_case(
     server: Memsched | Echo, payloads: list[bytes], per_message: int, count: int, window: int, name: str
 ) -> float:
     cpu0, t0 = server.cpu(), time.perf_counter()
+    disk0 = server.disk_written()
     result = asyncio.run(one_stream(server.address, payloads, per_message, count, window))
+    disk1 = server.disk_written()
+    disk = [(after - before) / max(result.acked, 1) / 1000 for before, after in zip(disk0, disk1, strict=True)]
     if result.acked + result.rejected < count:
         print(f"  ! only {result.acked} of {count} items acknowledged before the timeout")
     if result.rejected:
@@ -66,7 +71,8 @@ def run_case(
     busy = (server.cpu() - cpu0) / (time.perf_counter() - t0)
     print(
         f"  {name:8s} {per_message:5d}/msg: {fmt_rate(result.ack_rate):>9s} items/s "
-        f"({result.acked} acks in {result.last_ack - result.started:.2f} s; server CPU {busy:.2f} cores)"
+        f"({result.acked} acks in {result.last_ack - result.started:.2f} s; server CPU {busy:.2f} cores; "
+        f"written to disk per ack: server {disk[0]:.1f} KB, workers {disk[1]:.1f} KB)"
     )
     return result.ack_rate
 
