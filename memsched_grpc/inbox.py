@@ -121,7 +121,10 @@ def final_status(seq: int, value: bytes) -> ItemStatus:
 
 class Inbox:
     def __init__(self, storage: StorageConfig) -> None:
-        self.env = Environment(storage.data_dir / "inbox", storage.map_size_mb << 20, storage.sync, DB_NAMES)
+        # No nested transactions here, so the inbox may write through its map (see Environment).
+        self.env = Environment(
+            storage.data_dir / "inbox", storage.map_size_mb << 20, storage.sync, DB_NAMES, storage.inbox_writemap
+        )
         self._status = self.env.dbs["status"]
         self._pending = self.env.dbs["pending"]
         self._tasks = self.env.dbs["tasks"]
