@@ -38,6 +38,7 @@ from memsched_grpc.session import Ack, Completion, Rejection, Session
 from memsched_grpc.store import keys
 from memsched_grpc.store.shards import ShardSet
 from memsched_grpc.validation import ItemValidator
+from memsched_grpc.worker import QUERY_LABEL
 
 log = logging.getLogger(__name__)
 
@@ -196,7 +197,12 @@ class MemScheduler:
         else:
             if self._accepting:
                 session.expect(len(incoming))
-                self.committer.submit(incoming, lambda records, error: self._stored(session, incoming, records, error))
+                self.committer.submit(
+                    incoming,
+                    lambda records, error: self._stored(session, incoming, records, error),
+                    source=session,
+                    urgent=any(i.label == QUERY_LABEL for i in incoming),
+                )
                 return
             self.dispatcher.release(len(incoming))
         reason = "server is shutting down; resend to a live server with the same item_id"
@@ -263,7 +269,7 @@ class MemScheduler:
                 outcome.append(records)
             done.set()
 
-        self.committer.submit(incoming, stored)
+        self.committer.submit(incoming, stored, urgent=any(i.label == QUERY_LABEL for i in incoming))
         if not done.wait(timeout):
             raise StorageError("the inbox did not commit in time; resend with the same item_ids")
         result = outcome[0]

@@ -11,6 +11,7 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from memsched_grpc import inbox as inbox_module
 from memsched_grpc.config import StorageConfig
 from memsched_grpc.inbox import GroupCommitter, Inbox, Incoming, Record, final_status
 from memsched_grpc.models import TaskState
@@ -184,3 +185,78 @@ def test_an_inbox_writing_through_its_map_has_it_allocated_on_disk_and_works_the
         assert inbox.status("big-3999").state == TaskState.WAITING  # type: ignore[union-attr]
     finally:
         inbox.close()
+
+
+def test_a_query_commits_ahead_of_other_streams_backlog_but_after_its_own_stream(tmp_path: Path) -> None:
+    """Under full-speed ingest thousands of items may wait for the inbox; a query's request goes first, with what
+    its own stream sent before it, and the others follow in arrival order."""
+    inbox = Inbox(StorageConfig(data_dir=tmp_path, map_size_mb=16))
+    committer = GroupCommitter(inbox, lambda records: None)
+    committer.start()
+    release = threading.Event()
+    seqs: dict[str, int] = {}
+    done = threading.Semaphore(0)
+
+    def recorded(records: Any, error: Any) -> None:
+        for record in records:
+            seqs[record.item_id] = record.seq
+        done.release()
+
+    def blocking(records: Any, error: Any) -> None:
+        release.wait(30)  # holds the commit thread while the backlog builds up
+        recorded(records, error)
+
+    ingest, chat = object(), object()
+    try:
+        committer.submit([_incoming("first")], blocking, source=ingest)
+        deadline = time.monotonic() + 5
+        while inbox.status("first") is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        bulk = [[_incoming(f"bulk-{n}-{k}") for k in range(400)] for n in range(4)]
+        committer.submit(bulk[0], recorded, source=ingest)
+        committer.submit([_incoming("said")], recorded, source=chat)
+        committer.submit(bulk[1], recorded, source=ingest)
+        committer.submit([_incoming("asked")], recorded, source=chat, urgent=True)
+        committer.submit([_incoming("after")], recorded, source=chat)
+        committer.submit(bulk[2], recorded, source=ingest)
+        committer.submit(bulk[3], recorded, source=ingest)
+        release.set()
+        for _ in range(8):
+            assert done.acquire(timeout=10)
+    finally:
+        release.set()
+        committer.stop()
+        inbox.close()
+    first_bulk = min(seqs[f"bulk-0-{k}"] for k in range(400))
+    assert seqs["first"] < seqs["said"] < seqs["asked"] < first_bulk, "the query and its stream's earlier item go first"
+    assert seqs["asked"] < seqs["after"]
+    order = sorted(seqs, key=seqs.__getitem__)
+    assert [i for i in order if i.startswith("bulk")] == [f"bulk-{n}-{k}" for n in range(4) for k in range(400)]
+    assert order.index("after") > order.index("bulk-0-0")  # not urgent: in arrival order again
+
+
+def test_without_a_query_requests_commit_in_arrival_order_at_most_max_group_items_at_a_time(
+    tmp_path: Path, monkeypatch: Any
+) -> None:
+    cap = 1000
+    monkeypatch.setattr(inbox_module, "MAX_GROUP_ITEMS", cap)
+    inbox = Inbox(StorageConfig(data_dir=tmp_path, map_size_mb=16))
+    groups: list[int] = []
+    committer = GroupCommitter(inbox, lambda records: groups.append(len(records)))
+    committer.start()
+    release = threading.Event()
+    try:
+        committer.submit([_incoming("first")], lambda records, error: release.wait(30))
+        deadline = time.monotonic() + 5
+        while inbox.status("first") is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        per = cap // 4 + 1
+        for n in range(8):
+            committer.submit([_incoming(f"b-{n}-{k}") for k in range(per)], lambda records, error: None)
+        committer.submit([_incoming(f"big-{k}") for k in range(cap + 1)], lambda records, error: None)
+        release.set()
+    finally:
+        release.set()
+        committer.stop()
+        inbox.close()
+    assert groups == [1, 3 * per, 3 * per, 2 * per, cap + 1]
