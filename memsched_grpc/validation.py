@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import math
 import re
 import time
 from collections.abc import Collection
+
+from google.protobuf.struct_pb2 import Struct, Value
 
 from memsched.v1 import items_pb2
 from memsched_grpc.config import LimitsConfig
@@ -61,8 +64,11 @@ class ItemValidator:
             raise InvalidItem("content", f"must be at most {limit} bytes of UTF-8", item_id, index)
         if len(item.mem_cube) > 4096:
             raise InvalidItem("mem_cube", "must be at most 4096 characters", item_id, index)
-        if item.HasField("info") and item.info.ByteSize() > limit:
-            raise InvalidItem("info", f"must encode to at most {limit} bytes", item_id, index)
+        if item.HasField("info"):
+            if item.info.ByteSize() > limit:
+                raise InvalidItem("info", f"must encode to at most {limit} bytes", item_id, index)
+            if not _finite_struct(item.info):
+                raise InvalidItem("info", "numbers must be finite (JSON has no NaN or Infinity)", item_id, index)
         if item.HasField("timestamp"):
             self._check_timestamp(item, index)
 
@@ -92,3 +98,20 @@ class ItemValidator:
                 item.item_id,
                 index,
             )
+
+
+def _finite_struct(struct: Struct) -> bool:
+    """Handlers get ``info`` as JSON-like data, and JSON cannot hold NaN or Infinity: such an item would fail
+    every attempt to convert it, so it is refused here."""
+    return all(_finite_value(v) for v in struct.fields.values())
+
+
+def _finite_value(value: Value) -> bool:
+    kind = value.WhichOneof("kind")
+    if kind == "number_value":
+        return math.isfinite(value.number_value)
+    if kind == "struct_value":
+        return _finite_struct(value.struct_value)
+    if kind == "list_value":
+        return all(_finite_value(v) for v in value.list_value.values)
+    return True

@@ -132,7 +132,14 @@ class Worker:
             low_water, tasks = batch
             self.low_water = max(self.low_water, low_water)
             for seq, attempts, payload in tasks:
-                message = convert.message_from_bytes(payload)
+                try:
+                    message = convert.message_from_bytes(payload)
+                except Exception as e:  # stored by a version that let it in: fail the item, not the worker
+                    log.error("cannot decode the message of seq %d; failing it", seq, exc_info=True)
+                    self.results.put(
+                        [(seq, FAILED, f"undecodable message: {type(e).__name__}: {e}", attempts + 1, [], 0.0)]
+                    )
+                    continue
                 cube = keys.cube_key(message.user_id, message.mem_cube_id)
                 self.queues.setdefault(cube, deque()).append(Pending(seq, attempts, message))
                 if message.label == QUERY_LABEL:  # someone waits for it: the round ends soon, its cube goes first

@@ -6,8 +6,11 @@ import os
 import signal
 import time
 from pathlib import Path
+from typing import Any
 
 from memsched.v1 import items_pb2, scheduler_pb2
+from memsched_grpc.config import StorageConfig
+from memsched_grpc.inbox import Inbox, Incoming
 from tests.conftest import collect, item
 
 
@@ -99,3 +102,31 @@ def test_sigterm_keeps_accepted_items(server_process: object, record_dir: Path) 
     assert client.wait_idle(seconds=60).idle
     assert sorted((record_dir / "u1.c1").read_text().split()) == sorted(i.item_id for i in items)
     assert server.terminate() == 0
+
+
+def test_an_undecodable_stored_item_fails_alone_and_does_not_bring_workers_down(
+    tmp_path: Path, make_server: Any
+) -> None:
+    """An item that earlier versions let in (info holding Infinity, which has no JSON form) is in the inbox when
+    the server starts: the worker reports it failed, with the reason, instead of dying on it at every
+    redelivery; the items around it complete."""
+    data_dir = tmp_path / "poisoned"
+    poison = item(content="poison")
+    poison.info.update({"x": float("inf")})
+    before, after = item(content="before"), item(content="after")
+    inbox = Inbox(StorageConfig(data_dir=data_dir, map_size_mb=16, shards=4))
+    try:
+        inbox.accept(
+            [
+                Incoming(i.item_id, i.user_id, i.mem_cube_id, i.label, i.task_id, i.SerializeToString())
+                for i in (before, poison, after)
+            ]
+        )
+    finally:
+        inbox.close()
+    _, client = make_server(data_dir=data_dir)
+    assert client.wait_idle(seconds=60).idle
+    failed = client.status(poison.item_id)
+    assert failed.status == items_pb2.TASK_STATUS_FAILED and "undecodable message" in failed.items[0].error
+    assert client.status(before.item_id).status == items_pb2.TASK_STATUS_COMPLETED
+    assert client.status(after.item_id).status == items_pb2.TASK_STATUS_COMPLETED

@@ -57,3 +57,20 @@ def test_duplicate_item_id_is_acknowledged_and_processed_once(client: Client, re
     assert again["acks"][0].duplicate and not again["completions"]
     assert client.status(first.item_id).status == items_pb2.TASK_STATUS_COMPLETED
     assert (record_dir / "u1.c1").read_text().split() == [first.item_id]
+
+
+def test_info_with_a_number_json_cannot_hold_is_refused(client: Client) -> None:
+    """Handlers get ``info`` as JSON-like data; NaN and Infinity have no JSON form, anywhere in the struct."""
+    bad = []
+    for value in (float("inf"), float("-inf"), float("nan")):
+        for shape in ({"x": value}, {"nested": {"deep": [1, {"x": value}]}}):
+            it = item(content="with info")
+            it.info.update(shape)
+            bad.append(it)
+    good = item(content="with fine info")
+    good.info.update({"speaker": "user", "score": 0.5, "tags": [1, 2.5, None, True]})
+    got = collect(client.session([*bad, good]))
+    assert sorted((r.item_id, r.field) for r in got["rejections"]) == sorted((it.item_id, "info") for it in bad)
+    assert all("finite" in r.reason for r in got["rejections"])
+    assert [a.item_id for a in got["acks"]] == [good.item_id]
+    assert [c.status for c in got["completions"]] == [items_pb2.TASK_STATUS_COMPLETED]
