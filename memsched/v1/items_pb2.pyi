@@ -155,7 +155,9 @@ class ScheduleMessageItem(_message.Message):
 
     @_builtins.property
     def info(self) -> _struct_pb2.Struct:
-        """Free-form key/values (MemOS's info dict), stored with the message and passed to handlers."""
+        """Free-form key/values (MemOS's info dict), stored with the message and passed to handlers as JSON-like
+        data: its numbers must be finite (JSON has no NaN or Infinity).
+        """
 
     def __init__(
         self,
