@@ -23,6 +23,15 @@ def _incoming(item_id: str, task_id: str = "") -> Incoming:
     return Incoming(it.item_id, it.user_id, it.mem_cube_id, it.label, it.task_id, it.SerializeToString())
 
 
+def _wait_until_stored(inbox: Inbox, item_id: str) -> None:
+    """Until ``item_id`` is committed: its commit went alone, so the callback that holds the commit thread is the
+    one running, and what is submitted next waits behind it."""
+    deadline = time.monotonic() + 5
+    while inbox.status(item_id) is None:
+        assert time.monotonic() < deadline, f"{item_id} was never committed"
+        time.sleep(0.01)
+
+
 def test_retention_forgets_finished_items_but_keeps_dead_letters(tmp_path: Path) -> None:
     inbox = Inbox(StorageConfig(data_dir=tmp_path, map_size_mb=4))
     try:
@@ -209,9 +218,7 @@ def test_a_query_commits_ahead_of_other_streams_backlog_but_after_its_own_stream
     ingest, chat = object(), object()
     try:
         committer.submit([_incoming("first")], blocking, source=ingest)
-        deadline = time.monotonic() + 5
-        while inbox.status("first") is None and time.monotonic() < deadline:
-            time.sleep(0.01)
+        _wait_until_stored(inbox, "first")
         bulk = [[_incoming(f"bulk-{n}-{k}") for k in range(400)] for n in range(4)]
         committer.submit(bulk[0], recorded, source=ingest)
         committer.submit([_incoming("said")], recorded, source=chat)
@@ -247,9 +254,7 @@ def test_without_a_query_requests_commit_in_arrival_order_at_most_max_group_item
     release = threading.Event()
     try:
         committer.submit([_incoming("first")], lambda records, error: release.wait(30))
-        deadline = time.monotonic() + 5
-        while inbox.status("first") is None and time.monotonic() < deadline:
-            time.sleep(0.01)
+        _wait_until_stored(inbox, "first")
         per = cap // 4 + 1
         for n in range(8):
             committer.submit([_incoming(f"b-{n}-{k}") for k in range(per)], lambda records, error: None)
