@@ -785,7 +785,7 @@ class Retriever:
         if per_session.any():
             per_session /= per_session.max()
         rows = np.arange(n)
-        out = self._first_stage_rows(rows, lexical, per_session, named, query)
+        out = self._first_stage_rows(rows, lexical, per_session, named, self._intervals(query))
         first = weight_vector(self.config.first_stage) if first_stage is None else first_stage
         top, top_scores = self._feedback_docs(out, rows, first)
         feedback = self._feedback(top, top_scores, tokens, n)
@@ -818,8 +818,10 @@ class Retriever:
         rows = self._around(self._best(lexical, hit, limit))
         session_count = len(self._session_of_key)
         sessions = _members(session_count, self._session[rows])
-        raw = self._session_scores(sessions, tokens)
-        out = self._first_stage_rows(rows, lexical, self._per_session(sessions, raw), named, query)
+        session_bm25 = self._session_bm25(tokens)
+        raw = session_bm25[sessions]
+        intervals = self._intervals(query)
+        out = self._first_stage_rows(rows, lexical, self._per_session(sessions, raw), named, intervals)
         top, top_scores = self._feedback_docs(out, rows, weight_vector(self.config.first_stage))
         feedback = self._feedback(top, top_scores, tokens, n)
         if feedback is not None:
@@ -831,8 +833,8 @@ class Retriever:
                 held = _members(session_count, self._session[extra])
                 more = held[~_mask(session_count, sessions)[held]]
                 sessions = np.concatenate([sessions, more])
-                raw = np.concatenate([raw, self._session_scores(more, tokens)])
-                out = self._first_stage_rows(rows, lexical, self._per_session(sessions, raw), named, query)
+                raw = np.concatenate([raw, session_bm25[more]])
+                out = self._first_stage_rows(rows, lexical, self._per_session(sessions, raw), named, intervals)
             self._with_neighbours(out, rows, "feedback", values)
         lexicon = self._lexicon_signal(query, tokens, n)
         if lexicon is not None:
@@ -862,11 +864,6 @@ class Retriever:
         mark[: len(self._ids)] &= self._alive[: len(self._ids)]
         kept: Ints = np.flatnonzero(mark)
         return kept
-
-    def _session_scores(self, sessions: Ints, tokens: list[str]) -> Floats:
-        """The BM25 scores of ``sessions`` (as whole documents) for the query's tokens."""
-        scores: Floats = self._session_bm25(tokens)[sessions]
-        return scores
 
     def _session_bm25(self, tokens: list[str]) -> Floats:
         """BM25 of every session as one document (its live memories' tokens) for the query's tokens, by session.
@@ -907,11 +904,20 @@ class Retriever:
             per_session[sessions] = raw / raw.max()
         return per_session
 
+    def _intervals(self, query: str) -> list[dates.Interval]:
+        """The day intervals ``query`` mentions (a month without a year in each year the cube's memories name),
+        for the date column."""
+        intervals = dates.mentioned(query)
+        for month in dates.month_only(query):
+            intervals.extend(dates.month_interval(year, month) for year in self._years)
+        return intervals
+
     def _first_stage_rows(
-        self, rows: Ints, lexical: Floats, per_session: Floats, named: set[int], query: str
+        self, rows: Ints, lexical: Floats, per_session: Floats, named: set[int], intervals: list[dates.Interval]
     ) -> Floats:
         """The signal rows of ``rows`` with the lexical, conversational and prior columns filled (the others 0),
-        from the lexical signal by slot (n + 1 cells, the last 0) and the session signal by session."""
+        from the lexical signal by slot (n + 1 cells, the last 0), the session signal by session and the query's
+        day ``intervals``."""
         out = np.zeros((len(rows), len(SIGNALS)), dtype=np.float64)
         prev = self._prev[rows]
         out[:, _COLUMN["lexical"]] = lexical[rows]
@@ -927,9 +933,6 @@ class Retriever:
         if named:
             out[:, _COLUMN["speaker"]] = np.isin(self._speaker[rows], list(named))
 
-        intervals = dates.mentioned(query)
-        for month in dates.month_only(query):
-            intervals.extend(dates.month_interval(year, month) for year in self._years)
         if intervals:
             day = self._day[rows]
             nearest = np.full(len(rows), np.inf)
