@@ -79,8 +79,6 @@ def test_memory_and_session_bm25_equal_lexical_indexes_exactly(b: float) -> None
         for name, score in reference.sessions.scores(tokens).items():
             sessions[retriever._session_of_key[name]] = score
         assert retriever._session_bm25(tokens).tolist() == sessions.tolist()
-        some = np.arange(0, len(sessions), 3)
-        assert retriever._session_scores(some, tokens).tolist() == sessions[some].tolist()
     assert retriever._sessions_present == len(reference.sessions)
     for term in WORDS:
         assert retriever._idf(term) == reference.memories.idf(term)
