@@ -278,8 +278,6 @@ class Inbox:
 
     def redrive(self, item_ids: list[str]) -> list[Record]:
         """Move dead letters back to the pending table under fresh sequence numbers (order of ``item_ids``)."""
-        from memsched.v1 import items_pb2
-
         with self._seq_lock:
             start_seq = self._next_seq
 
@@ -299,19 +297,7 @@ class Inbox:
                     txn.delete(old, db=self._final)
                     txn.put(keys.seq_key(seq), value, db=self._pending, append=True)
                     txn.put(item_id.encode(), _ACCEPTED + keys.seq_key(seq), db=self._status)
-                    item = items_pb2.ScheduleMessageItem.FromString(value[8:])
-                    out.append(
-                        Record(
-                            seq,
-                            item.item_id,
-                            item.user_id,
-                            item.mem_cube_id,
-                            item.label,
-                            item.task_id,
-                            value[8:],
-                            int.from_bytes(value[:8], "big"),
-                        )
-                    )
+                    out.append(_pending_record(seq, value))
                     seq += 1
                 txn.put(b"next_seq", seq.to_bytes(8, "big"), db=self._meta)
                 return out
@@ -322,23 +308,10 @@ class Inbox:
 
     def recover(self) -> Iterator[Record]:
         """Every accepted, unfinished item in acceptance order (after a crash or a stop)."""
-        from memsched.v1 import items_pb2  # decoding is needed only here, once per start
-
         with self.env.read() as txn:
             rows = list(txn.cursor(db=self._pending))
         for key, raw in rows:
-            value = as_bytes(raw)
-            item = items_pb2.ScheduleMessageItem.FromString(value[8:])
-            yield Record(
-                int.from_bytes(key, "big"),
-                item.item_id,
-                item.user_id,
-                item.mem_cube_id,
-                item.label,
-                item.task_id,
-                value[8:],
-                int.from_bytes(value[:8], "big"),
-            )
+            yield _pending_record(int.from_bytes(key, "big"), as_bytes(raw))
 
     def status(self, item_id: str) -> ItemStatus | None:
         """The stored status (WAITING for anything not finished); the dispatcher overlays live progress."""
@@ -352,20 +325,7 @@ class Inbox:
             pending = txn.get(as_bytes(raw)[1:9], db=self._pending)
         if pending is None:
             return None
-        from memsched.v1 import items_pb2
-
-        pending = as_bytes(pending)
-        item = items_pb2.ScheduleMessageItem.FromString(pending[8:])
-        return ItemStatus(
-            item_id=item.item_id,
-            user_id=item.user_id,
-            mem_cube_id=item.mem_cube_id,
-            label=item.label,
-            task_id=item.task_id,
-            state=TaskState.WAITING,
-            accepted_at=datetime.fromtimestamp(int.from_bytes(pending[:8], "big") / 1e9, UTC),
-            seq=int.from_bytes(raw[1:9], "big"),
-        )
+        return _pending_record(int.from_bytes(raw[1:9], "big"), as_bytes(pending)).status(TaskState.WAITING)
 
     def task_items(self, task_id: str) -> list[str]:
         prefix = task_id.encode() + keys.CUBE_SEP
@@ -507,6 +467,24 @@ class GroupCommitter:
         for finish in finishes:
             finish.on_committed(None)
         self.after_commit([r for r in records if r is not None])
+
+
+def _pending_record(seq: int, value: bytes) -> Record:
+    """The item stored under ``seq`` in the pending table (or as a dead letter): its acceptance time in
+    nanoseconds, then its payload. Decoding is needed only off the accept path (recovery, re-drive, status)."""
+    from memsched.v1 import items_pb2
+
+    item = items_pb2.ScheduleMessageItem.FromString(value[8:])
+    return Record(
+        seq,
+        item.item_id,
+        item.user_id,
+        item.mem_cube_id,
+        item.label,
+        item.task_id,
+        value[8:],
+        int.from_bytes(value[:8], "big"),
+    )
 
 
 def _next_accepts(waiting: deque[_Accept]) -> list[_Accept]:
