@@ -929,7 +929,7 @@ class Retriever:
         out[:, _COLUMN["length"]] = self._length[rows]
         out[:, _COLUMN["session_start"]] = prev < 0
         out[:, _COLUMN["time_mention"]] = self._time_mention[rows]
-        out[:, _PRIOR_COLUMNS] = self._priors[rows]
+        out[:, _PRIOR_COLUMNS] = np.take(self._priors, rows, axis=0)
         out[:, _COLUMN["session"]] = per_session[self._session[rows]]
 
         if named:
@@ -1117,7 +1117,7 @@ class Retriever:
         has = latent.has[:n] & self._alive[:n] if everything else latent.has[cover] & self._alive[cover]
         if not has.any():
             return
-        vectors = latent.vectors[:n] if everything else latent.vectors[cover]
+        vectors = latent.vectors[:n] if everything else np.take(latent.vectors, cover, axis=0)
         query = latent.space.project(tokens)
         direction = np.zeros(vectors.shape[1]) if query is None else query
         chosen = feedback[latent.has[feedback] & self._alive[feedback]] if len(feedback) else feedback
