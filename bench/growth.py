@@ -2,7 +2,8 @@
 query (which loads the cube into its worker), query latency (to completion, sequential) right after it and again
 after a few hundred queries (warm: a large cube's first queries place the memories they read in its latent
 space), add cost per item (500 adds, 100 per message, to completion), and the resident memory of server plus
-workers once the cube is loaded. Then bytes on disk per 10k items added through the server (inbox, statuses, memories, logs).
+workers once the cube is loaded. Then bytes on disk per 10k items added through the server (inbox, statuses,
+memories, logs).
 
 Growing a cube to 100k through ``add`` messages takes very long (each add's near-duplicate check scores
 the whole index, so the cost of an add grows with the cube), so the three cubes are written straight into
