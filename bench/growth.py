@@ -80,18 +80,20 @@ def fill(data_dir: Path, cube: str, size: int, corpus: Corpus) -> None:
 
 
 async def measure_cube(
-    address: str, cube: str, corpus: Corpus, queries: int, adds: int, warm_after: int
+    address: str, cube: str, corpus: Corpus, queries: int, adds: int, warm_after: int, pause: float = 0.0
 ) -> dict[str, float]:
     """The first query (it loads the cube), ``queries`` queries right after it, then ``queries`` more after
     ``warm_after`` unmeasured ones: past ``latent_project_limit`` memories a query places the memories it reads
     in the cube's latent space the first time it reads them, so a freshly loaded large cube's first queries
-    cost more than its later ones."""
+    cost more than its later ones. ``pause``: seconds of quiet after the first query, as between chat turns
+    (an idle worker does that placing ahead of the queries)."""
     out: dict[str, float] = {}
     async with aio_channel(address) as channel:
         await channel.channel_ready()
         stream = QueryStream(channel)
         first = await stream.query(USER, cube, f"what about {corpus.word()} {corpus.word()}?", 600)
         out["first_query_s"] = first.to_completion if first else float("nan")
+        await asyncio.sleep(pause)
 
         async def run(count: int) -> list[float]:
             latencies = []
@@ -143,6 +145,7 @@ def main() -> None:
     parser.add_argument(
         "--warm-after", type=int, default=250, help="queries between the cold and the warm measurement (not timed)"
     )
+    parser.add_argument("--pause", type=float, default=0.0, help="seconds of quiet after each cube's first query")
     args = parser.parse_args()
     header("growth: add and query cost as a cube grows")
     corpus = Corpus(seed=31)
@@ -160,7 +163,9 @@ def main() -> None:
             base_rss = server.rss()
             for size in args.sizes:
                 figures = asyncio.run(
-                    measure_cube(server.address, f"g{size}", corpus, args.queries, args.adds, args.warm_after)
+                    measure_cube(
+                        server.address, f"g{size}", corpus, args.queries, args.adds, args.warm_after, args.pause
+                    )
                 )
                 figures["rss_mib"] = server.rss() / 2**20
                 rows.append((size, figures))
@@ -172,7 +177,10 @@ def main() -> None:
     empty, per_10k = disk_per_10k(corpus)
     print()
     print(f"server + 2 workers RSS before any cube was loaded: {base_rss / 2**20:,.0f} MiB")
-    print(f"queries: {args.queries} right after the cube's first, then {args.queries} after {args.warm_after} more")
+    print(
+        f"queries: {args.queries} {args.pause:g} s after the cube's first, then {args.queries} after "
+        f"{args.warm_after} more"
+    )
     print(
         "| cube size | first query (loads cube) s | query p50 ms | query p95 ms | warm p50 ms | warm p95 ms "
         "| add ms/item | RSS after load MiB |"

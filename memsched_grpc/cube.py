@@ -126,6 +126,16 @@ class Cube:
         return self._retriever
 
     @property
+    def unprojected(self) -> bool:
+        """The retriever may hold memories not yet placed in its latent space (see Retriever.project_pending)."""
+        return self._retriever is not None and self._retriever.latent.unprojected
+
+    def project_pending(self, limit: int) -> int:
+        """Place up to ``limit`` memories in the retriever's latent space ahead of the queries that would (0 when
+        there is no retriever yet or nothing is left): see Retriever.project_pending."""
+        return self._retriever.project_pending(limit) if self._retriever is not None else 0
+
+    @property
     def next_sequence(self) -> int:
         """The insertion sequence number put() gives the next new memory."""
         return self.last_sequence + 1

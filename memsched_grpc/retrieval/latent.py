@@ -165,6 +165,8 @@ class LatentIndex:
         self.has = np.zeros(0, dtype=bool)
         self.known = np.zeros(0, dtype=bool)
         """Slots whose vector (or its absence: ``has`` False) is computed under the current space."""
+        self.unprojected = False
+        """A refit left live slots unprojected (``project`` False) and they may not all be done yet."""
         self._fitted_size = 0
         self._changes = 0
 
@@ -203,6 +205,7 @@ class LatentIndex:
         if self.space is None:
             return
         self.vectors = np.zeros((len(self.has), self.space.dimensions), dtype=np.float32)
+        self.unprojected = not project
         if project:
             self.project(np.asarray(slots, dtype=np.int64), window)
 

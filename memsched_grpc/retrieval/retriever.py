@@ -664,6 +664,21 @@ class Retriever:
         fitted = column >= 0
         latent.project_terms(todo, owner[fitted], column[fitted])
 
+    def project_pending(self, limit: int) -> int:
+        """Project up to ``limit`` live memories that have no latent vector under the current space yet (past
+        ``latent_project_limit`` a load or refit projects none, and a query projects what it reads): a worker calls
+        this when it is idle, so that a large cube's first queries after a load or refit find the work done.
+        Returns how many it projected (0: nothing left)."""
+        if self.latent.space is None or not self.latent.unprojected:
+            return 0
+        n = len(self._ids)
+        todo: Ints = np.flatnonzero(~self.latent.known[:n] & self._alive[:n])[:limit]
+        if len(todo):
+            self._project(todo)
+        else:
+            self.latent.unprojected = False
+        return len(todo)
+
     def _prior_row(self, text: str) -> list[float]:
         """The query-independent priors of a memory's text, in PRIORS order (see the module docstring)."""
         said = words(text)

@@ -250,7 +250,8 @@ class RetrievalConfig(_Section):
     latent_project_limit: int = Field(default=20_000, ge=0)
     """Up to this many live memories, a latent refit projects every memory at once (array passes: +0.35 s on
     loading a 10k cube); past it, a query projects the memories it reads the first time it reads them (a 10k
-    cube's cold queries paid 20-140 ms that way, a 100k cube's 50-80 ms, against +7 s to project it at load)."""
+    cube's cold queries paid 20-140 ms that way, a 100k cube's 50-80 ms, against +7 s to project it at load), and
+    an idle worker projects the rest a few hundred at a time (Worker._unprojected)."""
     candidate_pool: int = Field(default=100, ge=1)
     """How many fused candidates the query keeps for merging, de-duplication and reranking."""
     first_stage: FusionWeights = Field(default_factory=lambda: FIRST_STAGE_WEIGHTS)
