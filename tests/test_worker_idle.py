@@ -90,3 +90,13 @@ def test_an_idle_worker_projects_a_large_cube_after_its_first_query(tmp_path: Pa
         assert worker._unprojected() is None  # the worker waits on its queue again
     finally:
         worker.close()
+
+
+def test_a_cube_projected_whole_at_its_fit_leaves_no_idle_work() -> None:
+    retriever = Retriever(LAZY.model_copy(update={"latent_project_limit": 1_000}))
+    now = datetime.now(UTC)
+    retriever.add_many(
+        MemoryItem(id=f"m{i}", memory=t, created_at=now, sequence=i + 1) for i, t in enumerate(_texts(600))
+    )
+    assert retriever.latent.known[:600].all()
+    assert not retriever.latent.unprojected  # an idle worker does not even scan it

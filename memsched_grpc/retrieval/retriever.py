@@ -725,6 +725,7 @@ class Retriever:
             self.latent.refit(live, self._window, project=small)
             if not small and len(live) <= self.config.latent_project_limit:
                 self._project(np.asarray(live, dtype=np.int64))
+                self.latent.unprojected = False
             return
         if self.latent.space is None:
             return
