@@ -664,10 +664,10 @@ class Retriever:
         fitted = column >= 0
         latent.project_terms(todo, owner[fitted], column[fitted])
 
-    def project_pending(self, limit: int) -> int:
-        """Project up to ``limit`` live memories that have no latent vector under the current space yet (past
-        ``latent_project_limit`` a load or refit projects none, and a query projects what it reads): a worker calls
-        this when it is idle, so that a large cube's first queries after a load or refit find the work done.
+    def project_pending(self, limit: int | None = None) -> int:
+        """Project up to ``limit`` (None: all) live memories that have no latent vector under the current space yet
+        (past ``latent_project_limit`` a load or refit projects none, and a query projects what it reads): a worker
+        calls this when it is idle, so that a large cube's first queries after a load or refit find the work done.
         Returns how many it projected (0: nothing left)."""
         if self.latent.space is None or not self.latent.unprojected:
             return 0
@@ -675,7 +675,7 @@ class Retriever:
         todo: Ints = np.flatnonzero(~self.latent.known[:n] & self._alive[:n])[:limit]
         if len(todo):
             self._project(todo)
-        else:
+        if limit is None or len(todo) < limit:  # that was all of them
             self.latent.unprojected = False
         return len(todo)
 
@@ -724,8 +724,7 @@ class Retriever:
             small = len(live) <= self.config.candidate_limit
             self.latent.refit(live, self._window, project=small)
             if not small and len(live) <= self.config.latent_project_limit:
-                self._project(np.asarray(live, dtype=np.int64))
-                self.latent.unprojected = False
+                self.project_pending()
             return
         if self.latent.space is None:
             return
