@@ -14,6 +14,7 @@ import signal
 import time
 from collections import OrderedDict, deque
 from dataclasses import dataclass
+from multiprocessing.connection import Connection
 from multiprocessing.sharedctypes import Synchronized
 from queue import Empty
 from typing import Any, Protocol
@@ -47,7 +48,6 @@ POLL_INTERVAL = 0.001  # how often a round looks for newly arrived work (a query
 # collections are kept as a backstop for a worker that is never idle, at far more allocations than CPython's 700.
 IDLE_COLLECT_AFTER = 700
 AUTOMATIC_COLLECT_AFTER = 100_000
-RESULTS_GRACE = 0.002  # seconds the results just queued get to leave before a collection holds the GIL
 IDLE_PROJECT_CHUNK = 256  # memories an idle worker places in a cube's latent space per step (~6 ms at 100k)
 
 
@@ -57,6 +57,16 @@ class TaskSource(Protocol):
 
 class ResultSink(Protocol):
     def put(self, obj: list[ResultTuple]) -> None: ...
+
+
+class PipeSink:
+    """Results written to the server's pipe by the calling thread, at once (see pool.py for why not a queue)."""
+
+    def __init__(self, connection: Connection) -> None:
+        self.connection = connection
+
+    def put(self, obj: list[ResultTuple]) -> None:
+        self.connection.send(obj)
 
 
 @dataclass(slots=True)
@@ -100,8 +110,7 @@ class Worker:
         A query allocates thousands of short-lived objects, so with CPython's default thresholds the collector
         ran about once a query, inside the handler, and now and then a full collection of ~10 ms: the query
         handler on 10k-memory cubes, in-process, spent 0.26 ms a query collecting and ran ~0.75 ms slower on
-        average. The worker collects when it has nothing to do instead, after a grace period in which the
-        results queue's feeder thread sends what the last round produced (the collector holds the GIL).
+        average. The worker collects when it has nothing to do instead (its results are in the pipe by then).
 
         Idle time also goes to placing large cubes' memories in their latent space, a step of
         IDLE_PROJECT_CHUNK memories at a time between looks at the queue (see _unprojected)."""
@@ -110,7 +119,7 @@ class Worker:
         unprojected = self._unprojected() if wait > 0 and not collect else None
         if unprojected is not None:
             wait = 0.0  # a step of projection instead of waiting; the queue is looked at before and after it
-        if not self._receive(min(wait, RESULTS_GRACE) if collect else wait):
+        if not self._receive(0.0 if collect else wait):
             self.stopping = True
             return False
         if collect and not self._ready():
@@ -380,7 +389,7 @@ class _Plan:
 
 
 def worker_main(
-    index: int, settings: Settings, tasks: Any, results: Any, current: Synchronized[int], booted: Any
+    index: int, settings: Settings, tasks: Any, results: Connection, current: Synchronized[int], booted: Any
 ) -> None:
     """Entry point of a spawned worker. SIGINT belongs to the server (it drains); SIGTERM stops after the batch."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -388,7 +397,7 @@ def worker_main(
         os.nice(settings.workers.nice)  # the server goes first (WorkerConfig.nice)
     gc.set_threshold(AUTOMATIC_COLLECT_AFTER, 10, 10)
     configure_logging(settings.log_level, settings.log_format, f"worker-{index}")
-    worker = Worker(settings, tasks, results, current)
+    worker = Worker(settings, tasks, PipeSink(results), current)
 
     def stop(signum: int, frame: Any) -> None:
         worker.stopping = True
