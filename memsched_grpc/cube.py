@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 import lmdb
+import numpy as np
 
 from memsched_grpc import convert
 from memsched_grpc.encoded_log import EncodedLog
@@ -32,7 +33,7 @@ from memsched_grpc.retrieval.retriever import Retriever
 from memsched_grpc.retrieval.settings import RetrievalConfig
 from memsched_grpc.retrieval.tokenizer import tokenize
 from memsched_grpc.store import keys
-from memsched_grpc.store.cubes import CubeTables
+from memsched_grpc.store.cubes import USAGE_CHUNK, USAGE_DTYPE, CubeTables
 from memsched_grpc.term_index import TermIndex
 
 STORED_TYPES = (MemoryType.LONG_TERM, MemoryType.USER)
@@ -56,6 +57,7 @@ class Entry:
     usage_count: int
     updated_at: float
     tokens: tuple[str, ...]
+    sequence: int
 
 
 class Cube:
@@ -72,6 +74,9 @@ class Cube:
         self.txn: lmdb.Transaction | None = None
         self.last_sequence = 0
         self._retriever: Retriever | None = None
+        self._usage: dict[int, np.ndarray] = {}
+        """Use counts by sequence number, a copy of the usage table's arrays (see store/cubes.py)."""
+        self._usage_changed: set[int] = set()
 
     @classmethod
     def load(
@@ -89,6 +94,11 @@ class Cube:
         for memory_type in STORED_TYPES:
             for item in tables.iter_memories(txn, key, memory_type):
                 cube._remember(item)
+        stored = tables.load_usage(txn, key)
+        cube._usage = {chunk: np.frombuffer(raw, USAGE_DTYPE).copy() for chunk, raw in stored.items()}
+        for entry in cube.entries.values():  # counts still in records join their array at its next write
+            if entry.sequence:
+                cube._set_usage(entry.sequence, entry.usage_count, changed=False)
         return cube
 
     # reading
@@ -101,7 +111,10 @@ class Cube:
         entry = self.entries.get(memory_id)
         if entry is None:
             return None
-        return self.tables.get_memory(self._tx(), self.key, entry.memory_type, memory_id)
+        item = self.tables.memory_record(self._tx(), self.key, entry.memory_type, memory_id)
+        if item is not None:
+            item.usage_count = entry.usage_count
+        return item
 
     def find_exact(self, text: str) -> str | None:
         return self.by_fingerprint.get(text_fingerprint(text))
@@ -158,6 +171,7 @@ class Cube:
             self._resize(item.memory_type, +1)
             if item.sequence < self.next_sequence:
                 item = item.model_copy(update={"sequence": self.next_sequence})
+            self._clear_usage(item.sequence, item.usage_count)
         elif old.memory_type != item.memory_type:
             raise ValueError(f"memory {item.id} is in {old.memory_type}, not {item.memory_type}")
         else:
@@ -173,10 +187,33 @@ class Cube:
         item = self.get(memory_id)
         if item is None:
             return None
-        item.usage_count += 1
-        self.tables.put_memory(self._tx(), self.key, item)
-        self.entries[memory_id].usage_count = item.usage_count
+        entry = self.entries[memory_id]
+        entry.usage_count = item.usage_count = entry.usage_count + 1
+        if entry.sequence:
+            self._set_usage(entry.sequence, entry.usage_count)  # written by save(), once per chunk and message
+        else:
+            self.tables.put_memory(self._tx(), self.key, item)  # stored before sequence numbers: counted in its record
         return item
+
+    def _set_usage(self, sequence: int, count: int, changed: bool = True) -> None:
+        chunk, index = divmod(sequence, USAGE_CHUNK)
+        counts = self._usage.get(chunk)
+        if counts is None or index >= len(counts):
+            grown = np.zeros(index + 1, USAGE_DTYPE)
+            if counts is not None:
+                grown[: len(counts)] = counts
+            counts = self._usage[chunk] = grown
+        counts[index] = count
+        if changed:
+            self._usage_changed.add(chunk)
+
+    def _clear_usage(self, sequence: int, count: int) -> None:
+        """A new memory may take the sequence number of an archived one (the numbers continue from the highest live
+        one after a reload); the count stored for that one must not become the new memory's."""
+        chunk, index = divmod(sequence, USAGE_CHUNK)
+        counts = self._usage.get(chunk)
+        if counts is not None and index < len(counts) and counts[index] != count:
+            self._set_usage(sequence, count)
 
     def archive(self, memory_id: str) -> MemoryItem | None:
         """Move a memory out of its partition into the archive (still readable there)."""
@@ -200,7 +237,12 @@ class Cube:
         self.state.working = working
 
     def save(self) -> None:
-        self.tables.save_state(self._tx(), self.key, self.state)
+        """Write the state, and the use-count arrays the message changed."""
+        txn = self._tx()
+        self.tables.save_state(txn, self.key, self.state)
+        for chunk in self._usage_changed:
+            self.tables.put_usage(txn, self.key, chunk, self._usage[chunk])
+        self._usage_changed.clear()
 
     def log(
         self,
@@ -249,7 +291,7 @@ class Cube:
         else:
             tokens = tuple(tokenize(item.memory) if known_tokens is None else known_tokens)
         self.entries[item.id] = Entry(
-            item.memory_type, fingerprint, item.usage_count, item.updated_at.timestamp(), tokens
+            item.memory_type, fingerprint, item.usage_count, item.updated_at.timestamp(), tokens, item.sequence
         )
         self.by_fingerprint[fingerprint] = item.id
         if not same_text:

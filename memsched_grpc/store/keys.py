@@ -41,5 +41,13 @@ def history_key(cube: bytes, seq: int) -> bytes:
     return history_prefix(cube) + seq.to_bytes(8, "big")
 
 
+def usage_prefix(cube: bytes) -> bytes:
+    return cube + PART_SEP
+
+
+def usage_key(cube: bytes, chunk: int) -> bytes:
+    return usage_prefix(cube) + chunk.to_bytes(4, "big")
+
+
 def seq_key(seq: int) -> bytes:
     return seq.to_bytes(8, "big")
