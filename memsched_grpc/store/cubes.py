@@ -176,9 +176,10 @@ class CubeTables:
 
 def _count(counts: bytes | None, index: int, recorded: int) -> int:
     """A memory's use count from its chunk's array, or ``recorded`` (its record's) where the array does not reach."""
-    if counts is None or 4 * index + 4 > len(counts):
+    size = USAGE_DTYPE.itemsize
+    if counts is None or size * (index + 1) > len(counts):
         return recorded
-    return int.from_bytes(counts[4 * index : 4 * index + 4], "little")
+    return int.from_bytes(counts[size * index : size * (index + 1)], "little")
 
 
 def _history_entry(raw: bytes) -> EncodedLog:
