@@ -104,6 +104,13 @@ def collect(responses: list[scheduler_pb2.SessionResponse]) -> dict[str, list[An
     return out
 
 
+def completed_logs(client: Client, *batches: list[items_pb2.ScheduleMessageItem]) -> list[Any]:
+    """Send the batches on one stream; every item must complete. Returns the log items the stream received."""
+    got = collect(client.session(*batches))
+    assert all(c.status == items_pb2.TASK_STATUS_COMPLETED for c in got["completions"]), got["completions"]
+    return got["logs"]
+
+
 @pytest.fixture
 def record_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     path = tmp_path / "records"

@@ -14,8 +14,7 @@ from typing import Any
 
 import pytest
 
-from memsched.v1 import items_pb2
-from tests.conftest import Client, collect, item
+from tests.conftest import Client, collect, completed_logs, item
 
 KEY = "sk-test-123"
 MEMORIES = [
@@ -84,9 +83,8 @@ def _llm(url: str, **retrieval: Any) -> dict[str, Any]:
 
 
 def _ask(client: Client, question: str) -> tuple[list[str], list[Any]]:
-    got = collect(client.session([item(label="query", content=question)]))
-    assert all(c.status == items_pb2.TASK_STATUS_COMPLETED for c in got["completions"]), got["completions"]
-    return client.working_texts(), got["logs"]
+    logs = completed_logs(client, [item(label="query", content=question)])
+    return client.working_texts(), logs
 
 
 def _load(client: Client) -> None:

@@ -13,14 +13,13 @@ from typing import Any
 import numpy as np
 import pytest
 
-from memsched.v1 import items_pb2
 from memsched_grpc.config import load_settings
 from memsched_grpc.errors import ConfigError
 from memsched_grpc.models import MemoryItem
 from memsched_grpc.retrieval import dates
 from memsched_grpc.retrieval.retriever import SIGNALS, Retriever
 from memsched_grpc.retrieval.settings import FusionWeights, RetrievalConfig
-from tests.conftest import Client, collect, item
+from tests.conftest import Client, collect, completed_logs, item
 from tests.lexical_reference import LexicalIndex
 
 MARCH = "2:00 pm on 3 March, 2023"
@@ -63,17 +62,12 @@ def _chat(session: str, when: str, turns: list[tuple[str, str, str]]) -> str:
     return json.dumps(messages)
 
 
-def _run(client: Client, *batches: list[items_pb2.ScheduleMessageItem]) -> None:
-    got = collect(client.session(*batches))
-    assert all(c.status == items_pb2.TASK_STATUS_COMPLETED for c in got["completions"]), got["completions"]
-
-
 def _conversation(client: Client, cube: str = "c1") -> None:
-    _run(client, [item(cube=cube, content=_chat(*session)) for session in SESSIONS])
+    completed_logs(client, [item(cube=cube, content=_chat(*session)) for session in SESSIONS])
 
 
 def _ask(client: Client, question: str, cube: str = "c1") -> list[str]:
-    _run(client, [item(cube=cube, label="query", content=question)])
+    completed_logs(client, [item(cube=cube, label="query", content=question)])
     return client.working_texts(cube=cube)
 
 
@@ -123,7 +117,9 @@ def test_the_index_survives_a_restart_with_its_neighbours(make_server: Any, tmp_
     client.close()
     server.stop()
     _, again = make_server(data_dir, scheduler={"capacities": {"working_memory_capacity": 2}})
-    _run(again, [item(content="Unrelated: the printer on floor two is broken.")])  # the cube reloads from disk
+    completed_logs(
+        again, [item(content="Unrelated: the printer on floor two is broken.")]
+    )  # the cube reloads from disk
     assert _ask(again, "What did Ben see at the aquarium?") == first
     assert "Sharks, jellyfish and a giant octopus." in first
 

@@ -12,17 +12,11 @@ from hypothesis import strategies as st
 
 from memsched.v1 import items_pb2, scheduler_pb2
 from memsched_grpc.handlers.add import _near_duplicate_of
-from tests.conftest import Client, collect, item
-
-
-def _logs(client: Client, *batches: list[items_pb2.ScheduleMessageItem]) -> list[Any]:
-    got = collect(client.session(*batches))
-    assert all(c.status == items_pb2.TASK_STATUS_COMPLETED for c in got["completions"]), got["completions"]
-    return got["logs"]
+from tests.conftest import Client, completed_logs, item
 
 
 def test_add_updates_duplicates_instead_of_adding_them(client: Client) -> None:
-    logs = _logs(
+    logs = completed_logs(
         client,
         [item(content="My sister Anna lives in Lisbon and teaches piano to children.")],
         [item(content="  my sister anna lives in LISBON and teaches piano to children. ")],  # exact but for case/space
@@ -39,7 +33,7 @@ def test_chat_messages_become_user_and_long_term_memories_with_metadata(client: 
         {"role": "user", "content": "I run every morning before work.", "metadata": {"dia_id": "D1:1"}},
         {"role": "assistant", "content": "Running every morning is a great habit.", "id": "turn-2"},
     ]
-    logs = _logs(client, [item(content=json.dumps(chat))])
+    logs = completed_logs(client, [item(content=json.dumps(chat))])
     assert [(log.from_memory_type, log.to_memory_type) for log in logs] == [
         (items_pb2.MEMORY_TYPE_USER_INPUT, items_pb2.MEMORY_TYPE_USER_MEMORY),
         (items_pb2.MEMORY_TYPE_USER_INPUT, items_pb2.MEMORY_TYPE_LONG_TERM_MEMORY),
@@ -59,9 +53,9 @@ def test_capacity_evicts_the_least_valuable_memory_into_the_archive(make_server:
         "Tokyo has many trains.",
         "Lima sits on the Pacific coast.",
     ]
-    _logs(client, [item(content=facts[0])], [item(content=facts[1])], [item(content=facts[2])])
-    _logs(client, [item(label="query", content="capital of France")])  # Paris is used: it gains value
-    logs = _logs(client, [item(content=facts[3])])
+    completed_logs(client, [item(content=facts[0])], [item(content=facts[1])], [item(content=facts[2])])
+    completed_logs(client, [item(label="query", content="capital of France")])  # Paris is used: it gains value
+    logs = completed_logs(client, [item(content=facts[3])])
     archived = [log for log in logs if log.label == "archiveMemory"]
     assert len(archived) == 1 and "Berlin" in archived[0].log_content
     assert archived[0].from_memory_type == items_pb2.MEMORY_TYPE_LONG_TERM_MEMORY
@@ -77,12 +71,12 @@ def test_capacity_evicts_the_least_valuable_memory_into_the_archive(make_server:
 def test_query_window_keywords_and_answer_usage(make_server: Any) -> None:
     _, client = make_server(scheduler={"context_window_size": 2})
     facts = [f"Fact {n}: the alpha{n} and beta{n} tools." for n in range(25)]
-    _logs(
+    completed_logs(
         client,
         [item(content="Max the golden retriever loves peanut butter biscuits.")],
         [item(content=json.dumps([{"role": "assistant", "content": f}])) for f in facts],
     )
-    first = _logs(client, [item(label="query", content="What does Max love to eat?")])
+    first = completed_logs(client, [item(label="query", content="What does Max love to eat?")])
     assert first[0].label == "addMessage" and first[0].log_content == "[User] What does Max love to eat?"
     moved = [log for log in first if log.label == "scheduleMemory"]
     assert len(moved) == 1 and moved[0].log_content.startswith("[LongTermMemory→WorkingMemory]")
@@ -94,13 +88,15 @@ def test_query_window_keywords_and_answer_usage(make_server: Any) -> None:
 
     max_id = moved[0].metadata[0].id
     before = next(w.usage_count for w in cube_state().working_memory if w.id == max_id)
-    answer = _logs(client, [item(label="answer", content="Max loves peanut butter biscuits.")])
+    answer = completed_logs(client, [item(label="answer", content="Max loves peanut butter biscuits.")])
     assert [log.log_content for log in answer] == ["[Assistant] Max loves peanut butter biscuits."]
     after = cube_state()
     assert next(w.usage_count for w in after.working_memory if w.id == max_id) == before + 1
     assert after.answers == 1
 
-    _logs(client, [item(label="query", content="Which biscuits?")], [item(label="query", content="Any tools?")])
+    completed_logs(
+        client, [item(label="query", content="Which biscuits?")], [item(label="query", content="Any tools?")]
+    )
     state = cube_state()
     assert list(state.query_window) == ["Which biscuits?", "Any tools?"]
     assert dict(state.keyword_counts) == {"biscuits": 1, "tools": 1}
@@ -111,20 +107,20 @@ def test_query_window_keywords_and_answer_usage(make_server: Any) -> None:
 
 def test_activation_memory_is_assembled_when_enabled(make_server: Any) -> None:
     _, client = make_server(scheduler={"enable_activation_memory": True, "act_mem_update_interval": 0})
-    _logs(client, [item(content="The meeting is on Friday."), item(content="Bring the slides.")])
-    logs = _logs(client, [item(label="query", content="When is the meeting?")])
+    completed_logs(client, [item(content="The meeting is on Friday."), item(content="Bring the slides.")])
+    logs = completed_logs(client, [item(label="query", content="When is the meeting?")])
     activation = [log for log in logs if log.to_memory_type == items_pb2.MEMORY_TYPE_ACTIVATION_MEMORY]
     assert len(activation) == 1 and activation[0].from_memory_type == items_pb2.MEMORY_TYPE_TEXT_MEMORY
     memory = client.memory()
     assert memory.activation_memory.splitlines()[0] == "1. The meeting is on Friday."
     assert memory.sizes.transformed_act_memory_size == 2
-    again = _logs(client, [item(label="query", content="When is the meeting?")])
+    again = completed_logs(client, [item(label="query", content="When is the meeting?")])
     assert not [log for log in again if log.to_memory_type == items_pb2.MEMORY_TYPE_ACTIVATION_MEMORY]  # unchanged
 
 
 def test_queued_labels_are_accepted_and_reported(client: Client) -> None:
     labels = ["mem_update", "mem_read", "mem_organize", "mem_archive", "mem_feedback", "pref_add"]
-    logs = _logs(client, [item(label=label, content=f"payload for {label}") for label in labels])
+    logs = completed_logs(client, [item(label=label, content=f"payload for {label}") for label in labels])
     assert [log.log_content for log in logs] == [f"[{label}] received: payload for {label}" for label in labels]
     assert all(log.label == "taskStatus" for log in logs)
 

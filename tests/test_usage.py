@@ -14,17 +14,11 @@ from memsched_grpc.cube import Cube
 from memsched_grpc.models import MemoryCapacities, MemoryItem, MemoryType
 from memsched_grpc.store import keys
 from memsched_grpc.store.cubes import CubeTables
-from tests.conftest import Client, collect, item
+from tests.conftest import Client, completed_logs, item
 
 FACTS = [f"Fact {n}: the alpha{n} and beta{n} tools." for n in range(25)]
 MAX = "Max the golden retriever loves peanut butter biscuits."
 SHARDS = 4  # settings_dict's
-
-
-def _run(client: Client, *batches: list[items_pb2.ScheduleMessageItem]) -> list[Any]:
-    got = collect(client.session(*batches))
-    assert all(c.status == items_pb2.TASK_STATUS_COMPLETED for c in got["completions"]), got["completions"]
-    return got["logs"]
 
 
 def _counts(client: Client) -> dict[str, int]:
@@ -45,11 +39,13 @@ def _tables(data_dir: Path) -> CubeTables:
 def _setup(make_server: Any, data_dir: Path) -> tuple[Any, Client, str]:
     """A cube whose Max memory was brought in by a query and drawn on by an answer: two uses."""
     server, client = make_server(data_dir=data_dir)
-    _run(client, [item(content=MAX)], [item(content=json.dumps([{"role": "assistant", "content": f} for f in FACTS]))])
-    moved = [log for log in _run(client, [item(label="query", content="What does Max love to eat?")])]
+    completed_logs(
+        client, [item(content=MAX)], [item(content=json.dumps([{"role": "assistant", "content": f} for f in FACTS]))]
+    )
+    moved = [log for log in completed_logs(client, [item(label="query", content="What does Max love to eat?")])]
     newcomers = [log.metadata[0].id for log in moved if log.label == "scheduleMemory"]
     assert len(newcomers) == 1
-    _run(client, [item(label="answer", content="Max loves peanut butter biscuits.")])
+    completed_logs(client, [item(label="answer", content="Max loves peanut butter biscuits.")])
     return server, client, newcomers[0]
 
 
@@ -64,7 +60,9 @@ def test_use_counts_read_the_same_everywhere_and_survive_restarts(make_server: A
     server, client = make_server(data_dir=data_dir)
     assert _counts(client) == counts
     assert _working_counts(client)[max_id] == 2
-    _run(client, [item(label="answer", content="Yes, Max loves peanut butter.")])  # the reloaded cube counts on
+    completed_logs(
+        client, [item(label="answer", content="Yes, Max loves peanut butter.")]
+    )  # the reloaded cube counts on
     assert _counts(client)[max_id] == 3
     server.stop()
 
@@ -108,7 +106,7 @@ def test_counts_that_earlier_versions_kept_in_records_still_count(make_server: A
     texts = {m.id: m.memory for m in client.memory("u1", "c1").partitions[0].items}
     later = next(i for i in _working_counts(client) if i not in (max_id, fact_id))
     own_words = [w for w in texts[later].rstrip(".").split() if w.startswith(("alpha", "beta"))]
-    _run(client, [item(label="answer", content=" ".join(own_words))])
+    completed_logs(client, [item(label="answer", content=" ".join(own_words))])
     assert _counts(client) == {**counts, later: 1}
     server.stop()
 
