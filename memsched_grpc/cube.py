@@ -141,7 +141,7 @@ class Cube:
     @property
     def unprojected(self) -> bool:
         """The retriever may hold memories not yet placed in its latent space (see Retriever.project_pending)."""
-        return self._retriever is not None and self._retriever.latent.unprojected
+        return self._retriever is not None and self._retriever.unprojected
 
     def project_pending(self, limit: int) -> int:
         """Place up to ``limit`` memories in the retriever's latent space ahead of the queries that would (0 when

@@ -664,6 +664,11 @@ class Retriever:
         fitted = column >= 0
         latent.project_terms(todo, owner[fitted], column[fitted])
 
+    @property
+    def unprojected(self) -> bool:
+        """Live memories may still lack a latent vector under the current space (see project_pending)."""
+        return self.latent.unprojected
+
     def project_pending(self, limit: int | None = None) -> int:
         """Project up to ``limit`` (None: all) live memories that have no latent vector under the current space yet
         (past ``latent_project_limit`` a load or refit projects none, and a query projects what it reads): a worker
