@@ -91,10 +91,10 @@ class Cube:
         key = keys.cube_key(user_id, mem_cube_id)
         state = tables.load_state(txn, key) or CubeState(user_id=user_id, mem_cube_id=mem_cube_id)
         cube = cls(tables, state, capacities, history_keep)
-        for memory_type in STORED_TYPES:
-            for item in tables.iter_memories(txn, key, memory_type):
-                cube._remember(item)
         stored = tables.load_usage(txn, key)
+        for memory_type in STORED_TYPES:
+            for item in tables.iter_memories(txn, key, memory_type, stored):
+                cube._remember(item)
         cube._usage = {chunk: np.frombuffer(raw, USAGE_DTYPE).copy() for chunk, raw in stored.items()}
         for entry in cube.entries.values():  # counts still in records join their array at its next write
             if entry.sequence:

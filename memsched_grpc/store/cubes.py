@@ -93,9 +93,12 @@ class CubeTables:
     def delete_memory(self, txn: lmdb.Transaction, cube: bytes, memory_type: MemoryType, memory_id: str) -> None:
         txn.delete(keys.memory_key(cube, memory_type, memory_id), db=self._memory)
 
-    def iter_memories(self, txn: lmdb.Transaction, cube: bytes, memory_type: MemoryType) -> Iterator[MemoryItem]:
-        """The partition's memories in id order, with their use counts."""
-        usage = self.load_usage(txn, cube)
+    def iter_memories(
+        self, txn: lmdb.Transaction, cube: bytes, memory_type: MemoryType, usage: dict[int, bytes] | None = None
+    ) -> Iterator[MemoryItem]:
+        """The partition's memories in id order, with their use counts (``usage``: the cube's arrays, when the
+        caller has read them already)."""
+        usage = self.load_usage(txn, cube) if usage is None else usage
         for raw in _values_with_prefix(txn, self._memory, keys.memory_prefix(cube, memory_type)):
             item = MemoryItem.model_validate_json(raw)
             if item.sequence:
