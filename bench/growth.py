@@ -7,8 +7,8 @@ memories, logs).
 
 Growing a cube to 100k through ``add`` messages takes very long (each add's near-duplicate check scores
 the whole index, so the cost of an add grows with the cube), so the three cubes are written straight into
-a fresh data dir with the store's own code (the records ``add`` would write: MemoryItem JSON and the cube
-state) before the server starts; the adds measured afterwards run through the server.
+a fresh data dir with the store's own code (the records ``add`` would write: MemoryItem JSON with its insertion
+sequence number, and the cube state) before the server starts; the adds measured afterwards run through the server.
 
     python -m bench.growth [--sizes 1000 10000 100000]
 """
@@ -66,6 +66,7 @@ def fill(data_dir: Path, cube: str, size: int, corpus: Corpus) -> None:
                         key=" ".join(text.split()[:8]),
                         tags=keywords(text, 5),
                         source_item_id=f"fill-{n}",
+                        sequence=n + 1,
                         created_at=now,
                         updated_at=now,
                     ),
