@@ -186,6 +186,20 @@ def bm25_idf(documents: int, holding: int) -> float:
     return math.log(1.0 + (documents - holding + 0.5) / (holding + 0.5))
 
 
+_ONES: Floats = np.ones(0, dtype=np.float64)
+
+
+def _ones(size: int) -> Floats:
+    """A read-only view of ``size`` ones: most terms occur once in every memory holding them, so their cached
+    postings share one array of counts instead of allocating their own (most of a query's postings are read for
+    the first time in that query)."""
+    global _ONES
+    if len(_ONES) < size:
+        _ONES = np.ones(max(size, 2 * len(_ONES), 4096), dtype=np.float64)
+        _ONES.setflags(write=False)
+    return _ONES[:size]
+
+
 def _mask(size: int, *parts: Ints) -> npt.NDArray[np.bool_]:
     """A ``size``-cell mask marking the values of ``parts`` (each in -size..size-1). For the few thousand slots or
     sessions a large cube's query reads, marking a mask is linear but several times cheaper than the sorting or
@@ -1100,10 +1114,11 @@ class Retriever:
                 counts = np.diff(first, append=len(slots)).astype(np.float64)
                 slots = slots[first]
             else:
-                counts = np.ones(len(slots), dtype=np.float64)
-            live = self._alive[slots]
-            if not live.all():
-                slots, counts = slots[live], counts[live]
+                counts = _ones(len(slots))
+            if len(self._slot) < len(self._ids):  # some slots are dead until the next compaction
+                live = self._alive[slots]
+                if not live.all():
+                    slots, counts = slots[live], counts[live]
             if not len(slots):
                 return None
             arrays = self._posting_arrays[term] = (slots, counts)
