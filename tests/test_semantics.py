@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from memsched.v1 import items_pb2, scheduler_pb2
 from memsched_grpc.handlers.add import _near_duplicate_of
+from memsched_grpc.handlers.query import MIN_MEMORY_CHARS, _distinct
 from tests.conftest import Client, completed_logs, item
 
 
@@ -149,3 +150,43 @@ def test_near_duplicate_prefilter_never_misses_a_duplicate(a: list[str], b: list
         assert found == exact
     else:
         assert found < threshold
+
+
+def _distinct_pairwise(memories: list[tuple[str, ...]], threshold: float, enough: int) -> list[int]:
+    """The query handler's step 4 as MemOS states it, one pair at a time: keep a memory unless it is too short or
+    its token-count cosine with a memory kept before it reaches the threshold."""
+    kept: list[int] = []
+    for i, tokens in enumerate(memories):
+        if len(kept) >= enough:
+            break
+        if len(" ".join(tokens)) < MIN_MEMORY_CHARS:
+            continue
+        counts = Counter(tokens)
+        norm = math.sqrt(sum(v * v for v in counts.values()))
+        similar = False
+        for j in kept:
+            other = Counter(memories[j])
+            dot = sum(n * other.get(t, 0) for t, n in counts.items())
+            if dot and dot / (norm * math.sqrt(sum(v * v for v in other.values()))) >= threshold:
+                similar = True
+                break
+        if not similar:
+            kept.append(i)
+    return kept
+
+
+@given(
+    st.lists(st.lists(st.sampled_from(["ab", "cd", "ef", "gh", "x"]), max_size=6).map(tuple), max_size=60),
+    st.sampled_from([0.5, 0.75, 0.9, 1.0]),
+    st.integers(min_value=1, max_value=30),
+)
+def test_working_memory_candidates_deduplicate_as_pairwise(
+    memories: list[tuple[str, ...]], threshold: float, enough: int
+) -> None:
+    """The query handler compares a block of candidates at once (a matrix product) and continues block by block
+    when near duplicates leave it short: it must keep exactly what the pairwise check keeps, thresholds met exactly
+    included, and short memories (a lone "x") never."""
+    ids = [f"m{i}" for i in range(len(memories))]
+    tokens = dict(zip(ids, memories, strict=True))
+    kept = _distinct(ids, tokens.__getitem__, threshold, enough)
+    assert kept == [ids[i] for i in _distinct_pairwise(memories, threshold, enough)]
