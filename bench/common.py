@@ -255,9 +255,11 @@ class Corpus:
     """Synthetic chat turns shaped like LoCoMo's: ~11 content words and ~120 characters a turn, words drawn
     Zipf-Mandelbrot (s=1, q=5) from 20,000 made-up words, which gives the commonest word a document
     frequency near 20 % as in real chat (measured on LoCoMo with memsched's tokenizer: 'great', 0.20).
-    Deterministic for a seed, so a data dir built once can be reused."""
+    Deterministic for a seed, so a data dir built once can be reused. ``draws`` seeds the word draws apart from the
+    vocabulary: queries about memories built from ``Corpus(seed)`` use the same seed and other draws (another seed
+    makes other words: 9 % of them in the first corpus's vocabulary)."""
 
-    def __init__(self, seed: int = 7, vocabulary: int = 20_000) -> None:
+    def __init__(self, seed: int = 7, vocabulary: int = 20_000, draws: int | None = None) -> None:
         rng = random.Random(seed)
         words: list[str] = []
         seen: set[str] = set()
@@ -273,7 +275,7 @@ class Corpus:
             cumulative.append(total)
         self._cum = cumulative
         self._total = total
-        self.rng = random.Random(seed + 1)
+        self.rng = random.Random(seed + 1 if draws is None else draws)
 
     def word(self) -> str:
         return self.words[bisect.bisect_left(self._cum, self.rng.random() * self._total)]
