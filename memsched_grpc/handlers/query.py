@@ -23,6 +23,7 @@ from collections import Counter
 from collections.abc import Callable
 
 import numpy as np
+import numpy.typing as npt
 
 from memsched_grpc.handlers.base import HandlerContext
 from memsched_grpc.models import LogEntry, MemoryItem, MemoryType, WebLogLabel, WorkingEntry
@@ -34,6 +35,10 @@ log = logging.getLogger(__name__)
 MIN_MEMORY_CHARS = 3
 
 
+BLOCK_SLACK = 8
+"""Candidates compared in a block beyond those still needed, so that a few near duplicates cost no second block."""
+
+
 def _distinct(
     candidates: list[str], tokens_of: Callable[[str], tuple[str, ...]], threshold: float, enough: int
 ) -> list[str]:
@@ -41,44 +46,48 @@ def _distinct(
     kept before them: a cosine of token counts of at least ``threshold`` (MemOS compares by TF-IDF cosine; raw
     counts keep the check independent of the rest of the cube).
 
-    All pairs of a block of candidates are compared at once, as one product of their count matrix (the counts
-    are small integers, so the dot products and norms are exact and each cosine is the one a pairwise loop would
-    compute); only the few candidates with a similar earlier one need the sequential check against what was
-    kept. A query keeps ~40 of its candidates: pair by pair in Python that cost ~1 ms."""
+    A block of candidates is compared all pairs at once (``_cosines``); only the few candidates with a similar
+    earlier one need the sequential check against what was kept. A query keeps ~40 of its candidates: pair by pair
+    in Python that cost ~1 ms."""
     kept: list[str] = []
     kept_tokens: list[tuple[str, ...]] = []
     position = 0
     while len(kept) < enough and position < len(candidates):
-        block = candidates[position : position + enough - len(kept) + 8]
+        block = candidates[position : position + enough - len(kept) + BLOCK_SLACK]
         position += len(block)
         tokens = kept_tokens + [tokens_of(m) for m in block]
-        flat = [t for held in tokens for t in held]
-        columns = {t: i for i, t in enumerate(dict.fromkeys(flat))}
-        cols = np.fromiter(map(columns.__getitem__, flat), dtype=np.int64, count=len(flat))
-        width = max(len(columns), 1)
-        rows = np.repeat(np.arange(len(tokens), dtype=np.int64), [len(held) for held in tokens])
-        counts = np.bincount(rows * width + cols, minlength=len(tokens) * width).reshape(len(tokens), width)
-        counts = counts.astype(np.float64)
-        dots = counts @ counts.T
-        norms = np.sqrt(np.diagonal(dots))
-        with np.errstate(divide="ignore", invalid="ignore"):
-            similar = dots / (norms[:, None] * norms[None, :]) >= threshold
+        similar = _cosines(tokens) >= threshold
         similar &= np.tri(len(tokens), k=-1, dtype=np.bool_)  # only earlier ones count
-        suspect = similar.any(axis=1)
+        suspects = set(np.flatnonzero(similar.any(axis=1)).tolist())
         kept_rows = list(range(len(kept)))
-        for offset, memory_id in enumerate(block):
+        for row, memory_id in enumerate(block, start=len(kept_tokens)):
             if len(kept) >= enough:
                 break
-            row = len(kept_tokens) + offset
-            held = tokens[row]
-            if len(" ".join(held)) < MIN_MEMORY_CHARS:
+            if len(" ".join(tokens[row])) < MIN_MEMORY_CHARS:
                 continue
-            if suspect[row] and similar[row, kept_rows].any():
+            if row in suspects and similar[row, kept_rows].any():
                 continue
             kept.append(memory_id)
             kept_rows.append(row)
         kept_tokens = [tokens[r] for r in kept_rows]
     return kept
+
+
+def _cosines(tokens: list[tuple[str, ...]]) -> npt.NDArray[np.float64]:
+    """The cosine of every pair of token-count vectors, from one product of their count matrix. The counts are small
+    integers, so dot products and squared norms are exact and each cosine is the one a pairwise loop computes
+    (NaN for a memory without tokens)."""
+    flat = [t for held in tokens for t in held]
+    columns = {t: i for i, t in enumerate(dict.fromkeys(flat))}
+    cols = np.fromiter(map(columns.__getitem__, flat), dtype=np.int64, count=len(flat))
+    width = max(len(columns), 1)
+    rows = np.repeat(np.arange(len(tokens), dtype=np.int64), [len(held) for held in tokens])
+    counts = np.bincount(rows * width + cols, minlength=len(tokens) * width).reshape(len(tokens), width)
+    dots = counts.astype(np.float64) @ counts.T.astype(np.float64)
+    norms = np.sqrt(np.diagonal(dots))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        cosines: npt.NDArray[np.float64] = dots / (norms[:, None] * norms[None, :])
+    return cosines
 
 
 def handle(ctx: HandlerContext) -> None:
