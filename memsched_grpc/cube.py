@@ -132,7 +132,8 @@ class Cube:
         if self._retriever is None or (self._retriever.config is not config and self._retriever.config != config):
             retriever = Retriever(config, components(config).embedder)
             txn = self._tx()
-            items = [item for t in STORED_TYPES for item in self.tables.iter_memories(txn, self.key, t)]
+            usage = self.tables.load_usage(txn, self.key)
+            items = [item for t in STORED_TYPES for item in self.tables.iter_memories(txn, self.key, t, usage)]
             items.sort(key=lambda i: (i.sequence, i.created_at, i.id))
             retriever.add_many(items)
             self._retriever = retriever
