@@ -29,17 +29,19 @@ class Turn:
     session_date: str
     caption: str = ""
 
-    def message(self) -> dict[str, Any]:
-        """The chat message a client adds for this turn (content plus generic metadata)."""
+    def message(self, prefix: str = "") -> dict[str, Any]:
+        """The chat message a client adds for this turn (content plus generic metadata); ``prefix`` goes before its
+        ids, so that turns of several conversations can share a cube."""
+        dia_id = prefix + self.dia_id
         metadata: dict[str, Any] = {
-            "dia_id": self.dia_id,
+            "dia_id": dia_id,
             "speaker": self.speaker,
-            "session_id": f"session_{self.session}",
+            "session_id": f"{prefix}session_{self.session}",
             "session_date": self.session_date,
         }
         if self.caption:
             metadata["image_caption"] = self.caption
-        return {"role": "user", "content": self.text, "id": self.dia_id, "metadata": metadata}
+        return {"role": "user", "content": self.text, "id": dia_id, "metadata": metadata}
 
 
 @dataclass

@@ -6,7 +6,12 @@ It also counts each question's evidence turns in working memory after its query,
 GetMemory: the same handlers and settings as the workers, so the figure is the service's, reached in a fraction of
 the time, and ``--scheduler`` tries a retrieval or scheduling setting through the whole query handler.
 
-    python -m bench.locomo.handler [PATH] [--embedder onnx] [--conversations N] [--scheduler JSON]
+``--pooled`` puts every conversation's turns into one cube (ids prefixed with the conversation's) and asks every
+question there: the other conversations' ~3,500 turns are distractors, and a cube past
+``retrieval.candidate_limit`` memories ranks only its bounded candidates (Retriever.bounded_signals), which
+LoCoMo's conversation-size cubes never reach. Comparing limits there measures what the bound costs in recall.
+
+    python -m bench.locomo.handler [PATH] [--embedder onnx] [--conversations N] [--scheduler JSON] [--pooled]
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--embedder", choices=["none", "onnx"], default="none")
     parser.add_argument("--conversations", type=int, default=0)
     parser.add_argument("--scheduler", default="", help="scheduler settings as JSON, merged over the defaults")
+    parser.add_argument("--pooled", action="store_true", help="one cube holding every conversation (see above)")
     args = parser.parse_args(argv)
     if not args.path.exists():
         print(f"LoCoMo data not found at {args.path}: skipping.")
@@ -54,8 +60,10 @@ def main(argv: list[str] | None = None) -> int:
         times: list[float] = []
         overall = Tally()
         by_category: dict[int, Tally] = {}
-        for conv in load(args.path)[: args.conversations or None]:
-            cube_id = f"{conv.sample_id}-{uuid.uuid4().hex[:6]}"
+        conversations = load(args.path)[: args.conversations or None]
+        groups = [conversations] if args.pooled else [[conv] for conv in conversations]
+        for group in groups:
+            cube_id = f"{group[0].sample_id}-{uuid.uuid4().hex[:6]}"
             held: dict[str, Cube] = {}
             working: list[str] = []
 
@@ -85,13 +93,17 @@ def main(argv: list[str] | None = None) -> int:
                 elapsed: float = tables.env.write(handle)
                 return elapsed
 
-            for session in conv.sessions:
-                run("add", json.dumps([t.message() for t in session]))
-            for q in conv.questions:
-                times.append(run("query", q.text))
-                found = len(set(working) & set(q.evidence))
-                overall.add(found, len(q.evidence))
-                by_category.setdefault(q.category, Tally()).add(found, len(q.evidence))
+            prefix = {conv.sample_id: f"{conv.sample_id}:" if args.pooled else "" for conv in group}
+            for conv in group:
+                for session in conv.sessions:
+                    run("add", json.dumps([t.message(prefix[conv.sample_id]) for t in session]))
+            for conv in group:
+                for q in conv.questions:
+                    times.append(run("query", q.text))
+                    evidence = {prefix[conv.sample_id] + e for e in q.evidence}
+                    found = len(set(working) & evidence)
+                    overall.add(found, len(evidence))
+                    by_category.setdefault(q.category, Tally()).add(found, len(evidence))
         print(
             f"query handler time ({len(times)} queries, embedder {args.embedder}): "
             f"p50 {percentile(times, 0.5) * 1000:.2f} ms  p95 {percentile(times, 0.95) * 1000:.2f} ms"
