@@ -1,5 +1,6 @@
-"""The retriever past ``candidate_limit``: a query scores a bounded set of candidates, a refit projects nothing and
-latent vectors are projected when a query reads them; below the limit nothing changes."""
+"""The retriever past ``exact_up_to``: a query scores a bounded set of candidates (``candidate_limit`` of them and
+their neighbours), a refit projects nothing and latent vectors are projected when a query reads them; up to it
+nothing changes."""
 
 from __future__ import annotations
 
@@ -55,8 +56,10 @@ def test_bounded_candidates_carry_the_signals_the_full_pass_gives_them(query: st
 
 
 def test_a_cube_within_the_limit_is_ranked_over_every_memory() -> None:
+    # exactness depends on the cube's size against exact_up_to, not on how many candidates a bounded query takes
     items = _memories(400)
-    exact, bounded = Retriever(RetrievalConfig(candidate_limit=400)), Retriever(RetrievalConfig(candidate_limit=50))
+    exact = Retriever(RetrievalConfig(exact_up_to=400, candidate_limit=50))
+    bounded = Retriever(RetrievalConfig(exact_up_to=399, candidate_limit=50))
     exact.add_many(items)
     bounded.add_many(items)
     for query in QUERIES:

@@ -23,7 +23,7 @@ from memsched_grpc.worker import IDLE_PROJECT_CHUNK, ResultTuple, Worker
 from tests.conftest import item
 
 WORDS = [f"w{i}" for i in range(120)]
-LAZY = RetrievalConfig(candidate_limit=40, latent_project_limit=0)  # every cube here is "large"
+LAZY = RetrievalConfig(exact_up_to=40, candidate_limit=40, latent_project_limit=0)  # every cube here is "large"
 
 
 def _texts(count: int, seed: int = 3) -> list[str]:

@@ -38,9 +38,9 @@ links and (between refits of the latent space) the latent projections of the mem
 it; a query is two
 BM25 passes over postings plus a few vector operations over the cube, about a millisecond at conversation sizes.
 
-Past ``candidate_limit`` live memories (conversation-size cubes never get there) a query is bounded: the signals
-are computed only for the ``candidate_limit`` best memories by BM25 over the query's postings and the as many best
-by the feedback query, with their session neighbours (bounded_signals), the latent space is fitted without
+Past ``exact_up_to`` live memories (conversation-size cubes never get there) a query is bounded: the signals are
+computed only for the ``candidate_limit`` best memories by BM25 over the query's postings and the as many best by
+the feedback query, with their session neighbours (bounded_signals), the latent space is fitted without
 projecting every memory and a memory is projected when a query first reads it.
 """
 
@@ -740,7 +740,7 @@ class Retriever:
             return
         if self.latent.stale(len(self._slot)):
             live = [int(s) for s in np.flatnonzero(self._alive[: len(self._ids)])]
-            small = len(live) <= self.config.candidate_limit
+            small = len(live) <= self.config.exact_up_to
             self.latent.refit(live, self._window, project=small)
             if not small and len(live) <= self.config.latent_project_limit:
                 self.project_pending()
@@ -806,7 +806,7 @@ class Retriever:
     ) -> tuple[Floats, bool]:
         """The signal matrix (one row per slot, one column per SIGNALS entry) and whether ``dense`` is live.
 
-        Every memory is scored, whatever the cube's size (rank() bounds the work past ``candidate_limit``).
+        Every memory is scored, whatever the cube's size (rank() bounds the work past ``exact_up_to``).
         ``first_stage`` overrides the configured first-stage weights (a SIGNALS-long vector; the fit uses it to
         keep the held-out conversation out of the first stage too)."""
         n = len(self._ids)
@@ -1200,8 +1200,8 @@ class Retriever:
 
     def rank(self, query: str, extra_terms: Sequence[str] = ()) -> Ranking:
         """Fused scores for ``query`` (plus ``extra_terms`` as more query words) of every memory, or past
-        ``candidate_limit`` live memories of the bounded candidates (bounded_signals)."""
-        bounded = len(self._slot) > self.config.candidate_limit
+        ``exact_up_to`` live memories of the bounded candidates (bounded_signals)."""
+        bounded = len(self._slot) > self.config.exact_up_to
         if bounded:
             alive, matrix, dense = self.bounded_signals(query, extra_terms)
         else:

@@ -241,12 +241,18 @@ class RetrievalConfig(_Section):
     lexicon_max_share: float = Field(default=0.02, gt=0, le=1)
     """An expansion term held by more than this share of the cube's memories is left out: common words ("time",
     "thing") match everything and say nothing about the query."""
-    candidate_limit: int = Field(default=1000, ge=1)
-    """Past this many live memories a query stops scoring every memory: it scores the ``candidate_limit`` best by
-    BM25 over the query's terms, the ``candidate_limit`` best by the feedback query, and their session neighbours
-    (the memories whose neighbour signals they feed). Conversation-size cubes (LoCoMo: ~700) never reach it, so
-    their rankings are exact; a 100k cube's query then costs about what a 5k cube's does. Memories tied to the
-    query only by speaker or date, not by a word, are no candidates past the limit."""
+    exact_up_to: int = Field(default=1000, ge=1)
+    """Cubes of up to this many live memories rank every memory, so conversation-size cubes (LoCoMo: ~700) get
+    exact rankings; past it a query scores only its bounded candidates (``candidate_limit``) and a latent refit
+    projects no memory up front."""
+    candidate_limit: int = Field(default=500, ge=1)
+    """In a cube past ``exact_up_to``, a query scores the ``candidate_limit`` best memories by BM25 over the query's
+    terms, the ``candidate_limit`` best by the feedback query, and their session neighbours (the memories whose
+    neighbour signals they feed), not every memory: a 100k cube's query then costs about what a 5k cube's does.
+    Memories tied to the query only by speaker or date, not by a word, are no candidates then. 500 rather than
+    1,000: on all LoCoMo dev conversations pooled in one 4,124-memory cube (bench.locomo.handler --pooled) recall@20
+    is 0.739 at 500, 0.738 at 1,000, 0.743 at 250 and 0.741 ranking every memory (temporal questions lose 2-6 points
+    at any bound, more below 250), while a 10k cube's query handler spends 10-14 % less (bench/RESULTS.md)."""
     latent_project_limit: int = Field(default=20_000, ge=0)
     """Up to this many live memories, a latent refit projects every memory at once (array passes: +0.35 s on
     loading a 10k cube); past it, a query projects the memories it reads the first time it reads them (a 10k
