@@ -203,7 +203,10 @@ class ServerProcess:
         out = subprocess.run(["pgrep", "-P", str(self.proc.pid)], capture_output=True, text=True).stdout.split()
         pids = []
         for pid in out:
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+            try:
+                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+            except FileNotFoundError:  # exited (a killed worker reaped) between pgrep and this read
+                continue
             if b"multiprocessing" in cmdline and b"resource_tracker" not in cmdline:
                 pids.append(int(pid))
         return pids
