@@ -149,3 +149,20 @@ def test_several_evidences_merge_what_each_found_in_a_large_cube() -> None:
     for evidence in evidences:
         for memory_id, score in retriever.rank(evidence).top(10):
             assert merged.get(memory_id, 0.0) >= score
+
+
+def test_a_bounded_query_takes_the_memories_it_names_the_date_of_as_candidates() -> None:
+    # Ranking every memory, a memory the query reaches by its date alone is a match (the date signal); a bounded
+    # query must not lose it for holding none of the query's words.
+    dated = MemoryItem(
+        id="dated", memory="w290 w291 w292", sequence=9000, metadata={"session_id": "x", "session_date": "8 May 2023"}
+    )
+    retriever = Retriever(RetrievalConfig(exact_up_to=200, candidate_limit=200))
+    retriever.add_many([*_memories(1500), dated])
+    query = "what did we do on 8 May 2023 w0"
+    rows, bounded, _ = retriever.bounded_signals(query)
+    full, _ = retriever.signals(query)
+    slot = retriever._slot["dated"]
+    assert slot in rows.tolist()
+    column = SIGNALS.index("date")
+    assert bounded[rows.tolist().index(slot), column] == full[slot, column] == pytest.approx(1.0)

@@ -40,7 +40,8 @@ BM25 passes over postings plus a few vector operations over the cube, about a mi
 
 Past ``exact_up_to`` live memories (conversation-size cubes never get there) a query is bounded: the signals are
 computed only for the ``candidate_limit`` best memories by BM25 over the query's postings and the as many best by
-the feedback query, with their session neighbours (bounded_signals), the latent space is fitted without
+the feedback query, with their session neighbours, and as many nearest the dates the query names (bounded_signals),
+the latent space is fitted without
 projecting every memory and a memory is projected when a query first reads it.
 """
 
@@ -843,7 +844,8 @@ class Retriever:
 
         The candidates are the ``candidate_limit`` best memories by BM25 over the query's terms (scored over their
         postings, cached as arrays) and the ``candidate_limit`` best by the feedback query, each with the session
-        neighbours whose previous/next/previous2 signals it feeds. Signals scaled over the cube (lexical,
+        neighbours whose previous/next/previous2 signals it feeds, and the ``candidate_limit`` nearest the dates the
+        query names (_dated). Signals scaled over the cube (lexical,
         feedback, dense) are scaled as signals() scales them; session and latent, over the candidates."""
         n = len(self._ids)
         limit = self.config.candidate_limit
@@ -852,11 +854,13 @@ class Retriever:
         if len(hit):
             lexical[hit] /= lexical[hit].max()
         rows = self._around(self._best(lexical, hit, limit))
+        intervals = self._intervals(query)
+        if intervals:
+            rows = _members(n, rows, self._dated(intervals, limit))
         session_count = len(self._session_of_key)
         sessions = _members(session_count, self._session[rows])
         session_bm25 = self._session_bm25(tokens)
         raw = session_bm25[sessions]
-        intervals = self._intervals(query)
         out = self._first_stage_rows(rows, lexical, self._per_session(sessions, raw), named, intervals)
         top, top_scores = self._feedback_docs(out, rows, weight_vector(self.config.first_stage))
         feedback = self._feedback(top, top_scores, tokens, n)
@@ -970,15 +974,28 @@ class Retriever:
             out[:, _COLUMN["speaker"]] = np.isin(self._speaker[rows], list(named))
 
         if intervals:
-            day = self._day[rows]
-            nearest = np.full(len(rows), np.inf)
-            for start, end in intervals:
-                nearest = np.minimum(nearest, np.maximum(np.maximum(start - day, day - end), 0.0))
-            with np.errstate(invalid="ignore"):
-                out[:, _COLUMN["date"]] = np.where(np.isnan(day), 0.0, np.exp(-nearest / self.config.date_scale_days))
+            out[:, _COLUMN["date"]] = self._date_signal(self._day[rows], intervals)
 
         out[~self._alive[rows]] = 0.0
         return out
+
+    def _date_signal(self, day: Floats, intervals: list[dates.Interval]) -> Floats:
+        """exp(-days / date_scale_days) from each ``day`` to the nearest of ``intervals`` (0 for an undated one)."""
+        nearest = np.full(len(day), np.inf)
+        for start, end in intervals:
+            nearest = np.minimum(nearest, np.maximum(np.maximum(start - day, day - end), 0.0))
+        with np.errstate(invalid="ignore"):
+            signal: Floats = np.where(np.isnan(day), 0.0, np.exp(-nearest / self.config.date_scale_days))
+        return signal
+
+    def _dated(self, intervals: list[dates.Interval], limit: int) -> Ints:
+        """The ``limit`` live memories nearest the dates a query names, as more candidates of a bounded query: a
+        memory the query reaches by its date alone is a match (MATCHES), and ranking every memory finds it, but no
+        word makes it one of the BM25 candidates. They need no neighbours: the date signal has no neighbour columns."""
+        n = len(self._ids)
+        signal = self._date_signal(self._day[:n], intervals)
+        signal[~self._alive[:n]] = 0.0
+        return self._best(signal, np.flatnonzero(signal > 0), limit)
 
     def _feedback_docs(self, out: Floats, rows: Ints, first_stage: Floats) -> tuple[Ints, Floats]:
         """The first stage's ``feedback_docs`` best memories that match the query (slots, best first) and their

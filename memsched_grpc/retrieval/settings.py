@@ -249,7 +249,8 @@ class RetrievalConfig(_Section):
     """In a cube past ``exact_up_to``, a query scores the ``candidate_limit`` best memories by BM25 over the query's
     terms, the ``candidate_limit`` best by the feedback query, and their session neighbours (the memories whose
     neighbour signals they feed), not every memory: a 100k cube's query then costs about what a 5k cube's does.
-    Memories tied to the query only by speaker or date, not by a word, are no candidates then. 500 rather than
+    The ``candidate_limit`` memories nearest the dates a query names are candidates too; memories tied to the query
+    only by speaker, not by a word, are none. 500 rather than
     1,000: on all LoCoMo dev conversations pooled in one 4,124-memory cube (bench.locomo.handler --pooled) recall@20
     is 0.739 at 500, 0.738 at 1,000, 0.743 at 250 and 0.741 ranking every memory (temporal questions lose 2-6 points
     at any bound, more below 250), while a 10k cube's query handler spends 10-14 % less (bench/RESULTS.md)."""
