@@ -247,13 +247,12 @@ class RetrievalConfig(_Section):
     projects no memory up front."""
     candidate_limit: int = Field(default=500, ge=1)
     """In a cube past ``exact_up_to``, a query scores the ``candidate_limit`` best memories by BM25 over the query's
-    terms, the ``candidate_limit`` best by the feedback query, and their session neighbours (the memories whose
-    neighbour signals they feed), not every memory: a 100k cube's query then costs about what a 5k cube's does.
-    The ``candidate_limit`` memories nearest the dates a query names are candidates too; memories tied to the query
-    only by speaker, not by a word, are none. 500 rather than
-    1,000: on all LoCoMo dev conversations pooled in one 4,124-memory cube (bench.locomo.handler --pooled) recall@20
-    is 0.739 at 500, 0.738 at 1,000, 0.743 at 250 and 0.741 ranking every memory (temporal questions lose 2-6 points
-    at any bound, more below 250), while a 10k cube's query handler spends 10-14 % less (bench/RESULTS.md)."""
+    terms, the ``candidate_limit`` best by the feedback query, their session neighbours (the memories whose
+    neighbour signals they feed) and the ``candidate_limit`` nearest the dates the query names, not every memory: a
+    100k cube's query then costs about what a 5k cube's does. Memories tied to the query only by speaker, not by a
+    word or a date, are no candidates. 500 rather than 1,000: on all LoCoMo dev conversations pooled in one
+    4,124-memory cube (bench.locomo.handler --pooled) recall@20 is 0.743 at 500, 0.742 at 1,000, 0.747 at 250 and
+    0.741 ranking every memory, while a 10k cube's query handler spends 10-16 % less (bench/RESULTS.md)."""
     latent_project_limit: int = Field(default=20_000, ge=0)
     """Up to this many live memories, a latent refit projects every memory at once (array passes: +0.35 s on
     loading a 10k cube); past it, a query projects the memories it reads the first time it reads them (a 10k
