@@ -41,8 +41,7 @@ BM25 passes over postings plus a few vector operations over the cube, about a mi
 Past ``exact_up_to`` live memories (conversation-size cubes never get there) a query is bounded: the signals are
 computed only for the ``candidate_limit`` best memories by BM25 over the query's postings and the as many best by
 the feedback query, with their session neighbours, and as many nearest the dates the query names (bounded_signals),
-the latent space is fitted without
-projecting every memory and a memory is projected when a query first reads it.
+the latent space is fitted without projecting every memory and a memory is projected when a query first reads it.
 """
 
 from __future__ import annotations
@@ -845,8 +844,8 @@ class Retriever:
         The candidates are the ``candidate_limit`` best memories by BM25 over the query's terms (scored over their
         postings, cached as arrays) and the ``candidate_limit`` best by the feedback query, each with the session
         neighbours whose previous/next/previous2 signals it feeds, and the ``candidate_limit`` nearest the dates the
-        query names (_dated). Signals scaled over the cube (lexical,
-        feedback, dense) are scaled as signals() scales them; session and latent, over the candidates."""
+        query names (_dated). Signals scaled over the cube (lexical, feedback, dense) are scaled as signals() scales
+        them; session and latent, over the candidates."""
         n = len(self._ids)
         limit = self.config.candidate_limit
         named, tokens = self._query(query, extra_terms)
