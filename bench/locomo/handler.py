@@ -8,8 +8,9 @@ the time, and ``--scheduler`` tries a retrieval or scheduling setting through th
 
 ``--pooled`` puts every conversation's turns into one cube (ids prefixed with the conversation's) and asks every
 question there: the other conversations' ~3,500 turns are distractors, and a cube past
-``retrieval.candidate_limit`` memories ranks only its bounded candidates (Retriever.bounded_signals), which
-LoCoMo's conversation-size cubes never reach. Comparing limits there measures what the bound costs in recall.
+``retrieval.exact_up_to`` memories ranks only its bounded candidates (``retrieval.candidate_limit``,
+Retriever.bounded_signals), which LoCoMo's conversation-size cubes never reach. Comparing limits there measures
+what the bound costs in recall.
 
     python -m bench.locomo.handler [PATH] [--embedder onnx] [--conversations N] [--scheduler JSON] [--pooled]
 """
