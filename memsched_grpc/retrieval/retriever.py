@@ -821,7 +821,7 @@ class Retriever:
         if per_session.any():
             per_session /= per_session.max()
         rows = np.arange(n)
-        out = self._first_stage_rows(rows, lexical, per_session, named, self._intervals(query))
+        out = self._first_stage_rows(rows, lexical, per_session, named, self._dates(self._intervals(query)))
         first = weight_vector(self.config.first_stage) if first_stage is None else first_stage
         top, top_scores = self._feedback_docs(out, rows, first)
         feedback = self._feedback(top, top_scores, tokens, n)
@@ -853,14 +853,14 @@ class Retriever:
         if len(hit):
             lexical[hit] /= lexical[hit].max()
         rows = self._around(self._best(lexical, hit, limit))
-        intervals = self._intervals(query)
-        if intervals:
-            rows = _members(n, rows, self._dated(intervals, limit))
+        date = self._dates(self._intervals(query))
+        if date is not None:
+            rows = _members(n, rows, self._dated(date, limit))
         session_count = len(self._session_of_key)
         sessions = _members(session_count, self._session[rows])
         session_bm25 = self._session_bm25(tokens)
         raw = session_bm25[sessions]
-        out = self._first_stage_rows(rows, lexical, self._per_session(sessions, raw), named, intervals)
+        out = self._first_stage_rows(rows, lexical, self._per_session(sessions, raw), named, date)
         top, top_scores = self._feedback_docs(out, rows, weight_vector(self.config.first_stage))
         feedback = self._feedback(top, top_scores, tokens, n)
         if feedback is not None:
@@ -873,7 +873,7 @@ class Retriever:
                 more = held[~_mask(session_count, sessions)[held]]
                 sessions = np.concatenate([sessions, more])
                 raw = np.concatenate([raw, session_bm25[more]])
-                out = self._first_stage_rows(rows, lexical, self._per_session(sessions, raw), named, intervals)
+                out = self._first_stage_rows(rows, lexical, self._per_session(sessions, raw), named, date)
             self._with_neighbours(out, rows, "feedback", values)
         lexicon = self._lexicon_signal(query, tokens, n)
         if lexicon is not None:
@@ -952,11 +952,11 @@ class Retriever:
         return intervals
 
     def _first_stage_rows(
-        self, rows: Ints, lexical: Floats, per_session: Floats, named: set[int], intervals: list[dates.Interval]
+        self, rows: Ints, lexical: Floats, per_session: Floats, named: set[int], date: Floats | None
     ) -> Floats:
         """The signal rows of ``rows`` with the lexical, conversational and prior columns filled (the others 0),
-        from the lexical signal by slot (n + 1 cells, the last 0), the session signal by session and the query's
-        day ``intervals``."""
+        from the lexical signal by slot (n + 1 cells, the last 0), the session signal by session and the date signal
+        by slot (None when the query names no day)."""
         out = np.zeros((len(rows), len(SIGNALS)), dtype=np.float64)
         prev = self._prev[rows]
         out[:, _COLUMN["lexical"]] = lexical[rows]
@@ -972,8 +972,8 @@ class Retriever:
         if named:
             out[:, _COLUMN["speaker"]] = np.isin(self._speaker[rows], list(named))
 
-        if intervals:
-            out[:, _COLUMN["date"]] = self._date_signal(self._day[rows], intervals)
+        if date is not None:
+            out[:, _COLUMN["date"]] = date[rows]
 
         out[~self._alive[rows]] = 0.0
         return out
@@ -987,13 +987,20 @@ class Retriever:
             signal: Floats = np.where(np.isnan(day), 0.0, np.exp(-nearest / self.config.date_scale_days))
         return signal
 
-    def _dated(self, intervals: list[dates.Interval], limit: int) -> Ints:
-        """The ``limit`` live memories nearest the dates a query names, as more candidates of a bounded query: a
-        memory the query reaches by its date alone is a match (MATCHES), and ranking every memory finds it, but no
-        word makes it one of the BM25 candidates. They need no neighbours: the date signal has no neighbour columns."""
-        n = len(self._ids)
-        signal = self._date_signal(self._day[:n], intervals)
-        signal[~self._alive[:n]] = 0.0
+    def _dates(self, intervals: list[dates.Interval]) -> Floats | None:
+        """The date signal of every slot for the query's day ``intervals`` (None when it names none). Computed once
+        per query over the cube: a bounded query reads it for its dated candidates and for its rows, twice when
+        the feedback query adds rows."""
+        if not intervals:
+            return None
+        return self._date_signal(self._day[: len(self._ids)], intervals)
+
+    def _dated(self, date: Floats, limit: int) -> Ints:
+        """The ``limit`` live memories nearest the dates a query names (``date``: the date signal by slot), as more
+        candidates of a bounded query: a memory the query reaches by its date alone is a match (MATCHES), and ranking
+        every memory finds it, but no word makes it one of the BM25 candidates. They need no neighbours: the date
+        signal has no neighbour columns."""
+        signal = date * self._alive[: len(date)]
         return self._best(signal, np.flatnonzero(signal > 0), limit)
 
     def _feedback_docs(self, out: Floats, rows: Ints, first_stage: Floats) -> tuple[Ints, Floats]:
