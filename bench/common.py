@@ -110,6 +110,24 @@ def dir_bytes(path: Path) -> int:
     return sum(p.stat().st_blocks * 512 for p in path.rglob("*") if p.is_file())
 
 
+def copy_cold(source: Path, target: Path) -> None:
+    """Copy a cached data dir and drop the copy from the page cache, so that the server meets it as after a restart.
+
+    A copy leaves its pages cached in large folios (it writes whole files), and a folio is written back whole once
+    any page of it is dirty: a query's shard commit on such a copy wrote ~920 KB to disk, against ~130 KB once the
+    pages came back through the server's own memory map, a page at a time (in-process, 10 cubes of the 100 x 10k
+    data dir, 300 queries; bench/RESULTS.md). A server never sees its data dir in that state otherwise."""
+    shutil.copytree(source, target)
+    for path in target.rglob("*"):
+        if path.is_file():
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.fdatasync(fd)  # dirty pages would stay cached
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            finally:
+                os.close(fd)
+
+
 class Process:
     """A server in a subprocess that writes its port to a file; stopped with SIGTERM, killed if it hangs."""
 

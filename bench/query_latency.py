@@ -33,7 +33,18 @@ from pathlib import Path
 import grpc
 import grpc.aio
 
-from bench.common import ROOT, Corpus, Memsched, MemschedConfig, aio_channel, header, item, percentile, session_call
+from bench.common import (
+    ROOT,
+    Corpus,
+    Memsched,
+    MemschedConfig,
+    aio_channel,
+    copy_cold,
+    header,
+    item,
+    percentile,
+    session_call,
+)
 from memsched.v1 import scheduler_pb2, scheduler_pb2_grpc
 
 PROBES = 50
@@ -235,7 +246,7 @@ def main() -> None:
         return
     work = Path(tempfile.mkdtemp(prefix="memsched-query-"))
     try:
-        shutil.copytree(cached / "data", work / "data")
+        copy_cold(cached / "data", work / "data")
         server = Memsched(MemschedConfig(workers=args.workers, max_backlog=100_000), data_dir=work / "data")
         try:
             t0 = time.perf_counter()
