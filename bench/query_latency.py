@@ -8,6 +8,11 @@ names probe j beside ordinary words (so its BM25 scoring walks long postings as 
 ranks first and has never been in working memory. The time to the query's completion event is reported
 beside it. Queries are sent one at a time on one Session stream.
 
+Each latency is also split at the moment the worker built the query's first ``scheduleMemory`` log item (its
+timestamp; client, server and workers share the machine's wall clock): before it lie the request's inbox commit,
+the hand-off to a worker and the handler's ranking; after it the rest of the handler, the shard commit and the way
+back to the client. The parts' percentiles do not add up to the whole's; they show which side a tail is on.
+
 Loading 1M memories takes many minutes, so the data dir is built once (through Submit and WaitIdle, the
 fastest way in) and cached under ``--cache`` (default /tmp/memsched-bench-cache); each run copies it to a
 temporary dir, so runs do not see each other's changes. ``--rebuild`` builds it again.
@@ -120,6 +125,11 @@ def build(data_dir: Path, cubes: int, per_cube: int, workers: int) -> None:
 class Timing:
     to_log: float
     to_completion: float
+    to_first_log: float = float("nan")
+    """Send -> the worker built the query's first scheduleMemory log item (its timestamp; the same machine's wall
+    clock): the request's inbox commit, the hand-off to the worker and the handler up to its logging step."""
+    after_first_log: float = float("nan")
+    """That log item's creation -> the client has it: the rest of the handler, the shard commit and the way back."""
 
 
 class QueryStream:
@@ -127,28 +137,28 @@ class QueryStream:
 
     def __init__(self, channel: grpc.aio.Channel) -> None:
         self.call = session_call(channel)
-        self.logs: dict[str, asyncio.Future[float]] = {}
+        self.logs: dict[str, asyncio.Future[tuple[float, float, float]]] = {}
         self.done: dict[str, asyncio.Future[float]] = {}
         self.reader = asyncio.ensure_future(self._read())
 
     async def _read(self) -> None:
         async for response in self.call:
-            now = time.perf_counter()
+            now, wall = time.perf_counter(), time.time()
             for log in response.logs:
                 waiter = self.logs.get(log.source_item_id)
                 if waiter is not None and log.label == "scheduleMemory" and not waiter.done():
-                    waiter.set_result(now)
+                    waiter.set_result((now, wall, log.timestamp.seconds + log.timestamp.nanos / 1e9))
             for completion in response.completions:
-                waiter = self.done.pop(completion.item_id, None)
-                if waiter is not None and not waiter.done():
-                    waiter.set_result(now)
+                finished = self.done.pop(completion.item_id, None)
+                if finished is not None and not finished.done():
+                    finished.set_result(now)
 
     async def query(self, user: str, cube: str, text: str, timeout: float) -> Timing | None:
         item_id = uuid.uuid4().hex
         loop = asyncio.get_running_loop()
         self.logs[item_id], self.done[item_id] = loop.create_future(), loop.create_future()
         payload = scheduler_pb2.SessionRequest(items=[item(user, cube, "query", text, item_id)]).SerializeToString()
-        sent = time.perf_counter()
+        sent, sent_wall = time.perf_counter(), time.time()
         await self.call.write(payload)
         try:
             done = await asyncio.wait_for(self.done[item_id], timeout)
@@ -157,8 +167,10 @@ class QueryStream:
         finally:
             self.done.pop(item_id, None)
         log_future = self.logs.pop(item_id)
-        to_log = log_future.result() - sent if log_future.done() else float("nan")
-        return Timing(to_log, done - sent)
+        if not log_future.done():
+            return Timing(float("nan"), done - sent)
+        received, received_wall, built = log_future.result()
+        return Timing(received - sent, done - sent, built - sent_wall, received_wall - built)
 
     async def close(self) -> None:
         self.call.cancel()
@@ -219,6 +231,15 @@ def report(name: str, timings: list[Timing], missed: int) -> None:
         f"| {name} | to completion | {len(done)} | {percentile(done, 0.5):.1f} | {percentile(done, 0.95):.1f} "
         f"| {percentile(done, 0.99):.1f} | {max(done, default=float('nan')):.1f} | |"
     )
+    for part, values in (
+        ("of it: to the first log's creation", [t.to_first_log * 1000 for t in timings]),
+        ("of it: from there to the client", [t.after_first_log * 1000 for t in timings]),
+    ):
+        kept = [v for v in values if v == v]
+        print(
+            f"| {name} | {part} | {len(kept)} | {percentile(kept, 0.5):.1f} | {percentile(kept, 0.95):.1f} "
+            f"| {percentile(kept, 0.99):.1f} | {max(kept, default=float('nan')):.1f} | |"
+        )
 
 
 def main() -> None:
