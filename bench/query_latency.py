@@ -15,7 +15,8 @@ back to the client. The parts' percentiles do not add up to the whole's; they sh
 
 Loading 1M memories takes many minutes, so the data dir is built once (through Submit and WaitIdle, the
 fastest way in) and cached under ``--cache`` (default /tmp/memsched-bench-cache); each run copies it to a
-temporary dir, so runs do not see each other's changes. ``--rebuild`` builds it again.
+temporary dir, so runs do not see each other's changes, and drops the copy from the page cache (common.copy_cold:
+the server meets its pages as after a restart). ``--rebuild`` builds it again.
 
     python -m bench.query_latency [--cubes 100] [--items 10000] [--queries 300]
 """
