@@ -116,7 +116,8 @@ def copy_cold(source: Path, target: Path) -> None:
     A copy leaves its pages cached in large folios (it writes whole files), and a folio is written back whole once
     any page of it is dirty: a query's shard commit on such a copy wrote ~920 KB to disk, against ~130 KB once the
     pages came back through the server's own memory map, a page at a time (in-process, 10 cubes of the 100 x 10k
-    data dir, 300 queries; bench/RESULTS.md). A server never sees its data dir in that state otherwise."""
+    data dir, 300 queries; bench/RESULTS.md). A server that wrote its own data dir does not meet it in that state (one
+    restored from a copy would, until the copy's pages leave the cache)."""
     shutil.copytree(source, target)
     for path in target.rglob("*"):
         if path.is_file():
