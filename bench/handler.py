@@ -87,7 +87,7 @@ def main() -> None:
         help="a data dir built by bench.query_latency",
     )
     args = parser.parse_args()
-    if args.queries // args.cubes + WARM_QUERIES + 1 > PROBES:
+    if -(-args.queries // args.cubes) + WARM_QUERIES > PROBES:
         parser.error(f"at most {PROBES - WARM_QUERIES - 1} timed queries per cube")
     if not args.data.is_dir():
         parser.error(f"no data dir at {args.data}: run python -m bench.query_latency --build-only first")
@@ -128,6 +128,7 @@ def main() -> None:
             pass  # an idle worker places the cubes' memories in their latent spaces: let it finish first
         print(f"loaded and warmed {args.cubes} cubes in {time.perf_counter() - started:.0f} s", flush=True)
         spent.clear()
+        first_result = len(results.items)
         before = written_bytes()
         walls, cpus = [], []
         for n in range(args.queries):
@@ -135,7 +136,9 @@ def main() -> None:
             walls.append(wall * 1000)
             cpus.append(cpu * 1000)
         written = (written_bytes() - before) / args.queries
-        failed = [r for r in results.items if r[1] != "ok"]
+        timed = results.items[first_result:]
+        failed = sum(1 for r in timed if r[1] != "ok")
+        logs = sum(len(r[4]) for r in timed) / len(timed)
         worker.close()
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -146,7 +149,7 @@ def main() -> None:
             f"| {name} | {percentile(values, 0.5):.2f} | {percentile(values, 0.95):.2f} "
             f"| {percentile(values, 0.99):.2f} | {sum(values) / len(values):.2f} |"
         )
-    print(f"written to disk per query: {written / 1024:.0f} KB; failed: {len(failed)}")
+    print(f"written to disk per query: {written / 1024:.0f} KB; log items per query: {logs:.1f}; failed: {failed}")
     if args.parts:
         handlers, transaction = spent.pop("handlers"), spent.pop("shard transaction")
         print("parts, ms a query (mean): " + ", ".join(f"{k} {v / args.queries * 1000:.2f}" for k, v in spent.items()))
