@@ -978,22 +978,19 @@ class Retriever:
         out[~self._alive[rows]] = 0.0
         return out
 
-    def _date_signal(self, day: Floats, intervals: list[dates.Interval]) -> Floats:
-        """exp(-days / date_scale_days) from each ``day`` to the nearest of ``intervals`` (0 for an undated one)."""
+    def _dates(self, intervals: list[dates.Interval]) -> Floats | None:
+        """exp(-days / date_scale_days) from every slot's day to the nearest of the query's day ``intervals`` (0 for
+        an undated memory; None when the query names no day). Computed once per query over the cube: a bounded query
+        reads it for its dated candidates and for its rows, twice when the feedback query adds rows."""
+        if not intervals:
+            return None
+        day = self._day[: len(self._ids)]
         nearest = np.full(len(day), np.inf)
         for start, end in intervals:
             nearest = np.minimum(nearest, np.maximum(np.maximum(start - day, day - end), 0.0))
         with np.errstate(invalid="ignore"):
             signal: Floats = np.where(np.isnan(day), 0.0, np.exp(-nearest / self.config.date_scale_days))
         return signal
-
-    def _dates(self, intervals: list[dates.Interval]) -> Floats | None:
-        """The date signal of every slot for the query's day ``intervals`` (None when it names none). Computed once
-        per query over the cube: a bounded query reads it for its dated candidates and for its rows, twice when
-        the feedback query adds rows."""
-        if not intervals:
-            return None
-        return self._date_signal(self._day[: len(self._ids)], intervals)
 
     def _dated(self, date: Floats, limit: int) -> Ints:
         """The ``limit`` live memories nearest the dates a query names (``date``: the date signal by slot), as more
