@@ -26,7 +26,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench.common import Corpus, copy_cold, header, item, percentile
+from bench.common import Corpus, copy_cold, disk_written, header, item, percentile
 from bench.query_latency import BUILD_SEED, FORMAT, PROBES, cube_name, probe_token, query_text
 from memsched_grpc.config import Settings, StorageConfig
 from memsched_grpc.worker import ResultTuple, Worker
@@ -41,11 +41,6 @@ class Results:
 
     def put(self, obj: list[ResultTuple]) -> None:
         self.items.extend(obj)
-
-
-def written_bytes() -> int:
-    with open("/proc/self/io") as f:
-        return int(next(line for line in f if line.startswith("write_bytes:")).split()[1])
 
 
 def time_parts(spent: collections.defaultdict[str, float]) -> None:
@@ -88,7 +83,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     if -(-args.queries // args.cubes) + WARM_QUERIES > PROBES:
-        parser.error(f"at most {PROBES - WARM_QUERIES - 1} timed queries per cube")
+        parser.error(f"at most {PROBES - WARM_QUERIES} timed queries per cube")
     if not args.data.is_dir():
         parser.error(f"no data dir at {args.data}: run python -m bench.query_latency --build-only first")
     header(f"query handler in-process, {args.cubes} cubes of {args.data}")
@@ -129,13 +124,13 @@ def main() -> None:
         print(f"loaded and warmed {args.cubes} cubes in {time.perf_counter() - started:.0f} s", flush=True)
         spent.clear()
         first_result = len(results.items)
-        before = written_bytes()
+        before = disk_written(os.getpid())
         walls, cpus = [], []
         for n in range(args.queries):
             wall, cpu = one(n % args.cubes)
             walls.append(wall * 1000)
             cpus.append(cpu * 1000)
-        written = (written_bytes() - before) / args.queries
+        written = (disk_written(os.getpid()) - before) / args.queries
         timed = results.items[first_result:]
         failed = sum(1 for r in timed if r[1] != "ok")
         logs = sum(len(r[4]) for r in timed) / len(timed)

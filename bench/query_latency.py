@@ -222,24 +222,17 @@ async def warm(address: str, cubes: int) -> float:
 
 
 def report(name: str, timings: list[Timing], missed: int) -> None:
-    logs = [t.to_log * 1000 for t in timings if t.to_log == t.to_log]
-    done = [t.to_completion * 1000 for t in timings]
-    print(
-        f"| {name} | to scheduleMemory log | {len(logs)} | {percentile(logs, 0.5):.1f} | {percentile(logs, 0.95):.1f} "
-        f"| {percentile(logs, 0.99):.1f} | {max(logs, default=float('nan')):.1f} | {missed} |"
+    rows = (
+        ("to scheduleMemory log", [t.to_log for t in timings], str(missed)),
+        ("to completion", [t.to_completion for t in timings], ""),
+        ("of it: to the first log's creation", [t.to_first_log for t in timings], ""),
+        ("of it: from there to the client", [t.after_first_log for t in timings], ""),
     )
-    print(
-        f"| {name} | to completion | {len(done)} | {percentile(done, 0.5):.1f} | {percentile(done, 0.95):.1f} "
-        f"| {percentile(done, 0.99):.1f} | {max(done, default=float('nan')):.1f} | |"
-    )
-    for part, values in (
-        ("of it: to the first log's creation", [t.to_first_log * 1000 for t in timings]),
-        ("of it: from there to the client", [t.after_first_log * 1000 for t in timings]),
-    ):
-        kept = [v for v in values if v == v]
+    for latency, seconds, missed_cell in rows:
+        ms = [v * 1000 for v in seconds if v == v]  # a query whose log never came is NaN
         print(
-            f"| {name} | {part} | {len(kept)} | {percentile(kept, 0.5):.1f} | {percentile(kept, 0.95):.1f} "
-            f"| {percentile(kept, 0.99):.1f} | {max(kept, default=float('nan')):.1f} | |"
+            f"| {name} | {latency} | {len(ms)} | {percentile(ms, 0.5):.1f} | {percentile(ms, 0.95):.1f} "
+            f"| {percentile(ms, 0.99):.1f} | {max(ms, default=float('nan')):.1f} | {missed_cell} |"
         )
 
 
