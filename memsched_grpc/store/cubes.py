@@ -139,6 +139,18 @@ class CubeTables:
         if log.sequence > keep:
             txn.delete(keys.history_key(cube, log.sequence - keep), db=self._history)
 
+    def page_in_history(self, txn: lmdb.Transaction, cube: bytes) -> None:
+        """Read the cube's history keys once. Every log item deletes the oldest one
+        (``append_log``), and a delete reads the entry's leaf page: after a restart those pages are on disk only,
+        and a query's ~20 log items waited for ~4 random page reads in its transaction (1.5 ms a query, 100 x
+        10k bench, bench.handler). Read here, when the cube loads, the pages are in memory when they are needed."""
+        prefix = keys.history_prefix(cube)
+        cursor = txn.cursor(db=self._history)
+        if cursor.set_range(prefix):
+            for key in cursor.iternext(keys=True, values=False):
+                if not as_bytes(key).startswith(prefix):
+                    break
+
     def history(self, txn: lmdb.Transaction, cube: bytes, last: int) -> list[EncodedLog]:
         """The ``last`` most recent log items of the cube, oldest first."""
         if last <= 0:
