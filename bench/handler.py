@@ -7,6 +7,8 @@ shard transaction, ~1 µs a call each). Every query names a probe token of its c
 each one brings ~20 newcomers into working memory. Needs the cached data dir (``python -m bench.query_latency
 --build-only`` makes it); the copy is dropped from the page cache first (common.copy_cold). Compare checkouts by
 running this from each in turn, alternating: the machine's speed drifts between runs by as much as a change gains.
+The pages the queries read from disk (major page faults) are counted: the cubes' pages come from disk as after a
+restart, and a query that waits for one pays ~0.1-0.4 ms (the history trimming did ~4 a query before d81f0ee).
 
     python -m bench.handler [--cubes 10] [--queries 300] [--parts]
 """
@@ -18,6 +20,7 @@ import collections
 import functools
 import os
 import queue
+import resource
 import shutil
 import sys
 import tempfile
@@ -125,12 +128,14 @@ def main() -> None:
         spent.clear()
         first_result = len(results.items)
         before = disk_written(os.getpid())
+        faults = resource.getrusage(resource.RUSAGE_SELF).ru_majflt
         walls, cpus = [], []
         for n in range(args.queries):
             wall, cpu = one(n % args.cubes)
             walls.append(wall * 1000)
             cpus.append(cpu * 1000)
         written = (disk_written(os.getpid()) - before) / args.queries
+        faults = (resource.getrusage(resource.RUSAGE_SELF).ru_majflt - faults) / args.queries
         timed = results.items[first_result:]
         failed = sum(1 for r in timed if r[1] != "ok")
         logs = sum(len(r[4]) for r in timed) / len(timed)
@@ -144,7 +149,10 @@ def main() -> None:
             f"| {name} | {percentile(values, 0.5):.2f} | {percentile(values, 0.95):.2f} "
             f"| {percentile(values, 0.99):.2f} | {sum(values) / len(values):.2f} |"
         )
-    print(f"written to disk per query: {written / 1024:.0f} KB; log items per query: {logs:.1f}; failed: {failed}")
+    print(
+        f"written to disk per query: {written / 1024:.0f} KB; pages read from disk (major faults) per query: "
+        f"{faults:.2f}; log items per query: {logs:.1f}; failed: {failed}"
+    )
     if args.parts:
         handlers, transaction = spent.pop("handlers"), spent.pop("shard transaction")
         print("parts, ms a query (mean): " + ", ".join(f"{k} {v / args.queries * 1000:.2f}" for k, v in spent.items()))
