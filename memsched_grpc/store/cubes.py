@@ -140,10 +140,10 @@ class CubeTables:
             txn.delete(keys.history_key(cube, log.sequence - keep), db=self._history)
 
     def page_in_history(self, txn: lmdb.Transaction, cube: bytes) -> None:
-        """Read the cube's history keys once. Every log item deletes the oldest one
-        (``append_log``), and a delete reads the entry's leaf page: after a restart those pages are on disk only,
-        and a query's ~20 log items waited for ~4 random page reads in its transaction (1.5 ms a query, 100 x
-        10k bench, bench.handler). Read here, when the cube loads, the pages are in memory when they are needed."""
+        """Read the cube's history keys once, when the cube loads. Every log item deletes the oldest entry
+        (``append_log``), and a delete reads the entry's leaf page: after a restart those pages are on disk only, and
+        a query's ~20 log items waited for ~4 random page reads inside its transaction (1.5 ms a query at 100 x 10k,
+        bench.handler). Read here, they are in memory when the trimming reaches them."""
         prefix = keys.history_prefix(cube)
         cursor = txn.cursor(db=self._history)
         if cursor.set_range(prefix):
