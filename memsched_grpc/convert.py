@@ -168,23 +168,83 @@ def log_proto(
 ) -> items_pb2.ScheduleLogForWebItem:
     """A log item built straight from its parts. The worker encodes every log item it makes (one per add, ~20 per
     query) and nothing else reads them there, so it skips the LogItem model: 24 → 8 µs a log item."""
-    log = items_pb2.ScheduleLogForWebItem(
-        item_id=item_id,
+    log = log_frame(
         user_id=user_id,
         mem_cube_id=mem_cube_id,
+        task_id=task_id,
+        status=status,
+        memcube_name=memcube_name,
+        source_item_id=source_item_id,
+        current_memory_sizes=current_memory_sizes,
+        memory_capacities=memory_capacities,
+    )
+    fill_log(
+        log,
+        item_id=item_id,
         label=label,
-        from_memory_type=MEMORY_TYPE_TO_PROTO[from_memory_type],
-        to_memory_type=MEMORY_TYPE_TO_PROTO[to_memory_type],
+        from_memory_type=from_memory_type,
+        to_memory_type=to_memory_type,
         log_content=log_content,
+        timestamp=timestamp,
+        memory_len=memory_len,
+        memcube_log_content=memcube_log_content,
+        metadata=metadata,
+        sequence=sequence,
+    )
+    return log
+
+
+def log_frame(
+    *,
+    user_id: str,
+    mem_cube_id: str,
+    task_id: str,
+    status: TaskState,
+    memcube_name: str,
+    source_item_id: str,
+    current_memory_sizes: items_pb2.MemorySizes,
+    memory_capacities: items_pb2.MemoryCapacities,
+) -> items_pb2.ScheduleLogForWebItem:
+    """The fields the log items of one message share while the cube's sizes stay the same: a query logs ~20
+    newcomers, and copying a frame (CopyFrom, in C) costs a fraction of setting its fields again."""
+    log = items_pb2.ScheduleLogForWebItem(
+        user_id=user_id,
+        mem_cube_id=mem_cube_id,
         task_id=task_id,
         status=STATE_TO_PROTO[status],
         memcube_name=memcube_name,
-        memory_len=memory_len,
         source_item_id=source_item_id,
-        sequence=sequence,
     )
     log.current_memory_sizes.CopyFrom(current_memory_sizes)
     log.memory_capacities.CopyFrom(memory_capacities)
+    return log
+
+
+def fill_log(
+    log: items_pb2.ScheduleLogForWebItem,
+    *,
+    item_id: str,
+    label: str,
+    from_memory_type: MemoryType,
+    to_memory_type: MemoryType,
+    log_content: str,
+    timestamp: datetime,
+    memory_len: int,
+    memcube_log_content: Sequence[LogEntry],
+    metadata: Sequence[MemoryItem],
+    sequence: int,
+    metadata_type: MemoryType | None = None,
+) -> None:
+    """Set the fields that are the log item's own on ``log`` (a frame). ``metadata_type`` shows the memories in
+    another partition than the one they are stored in (a query's newcomers as WorkingMemory) without copying
+    them."""
+    log.item_id = item_id
+    log.label = label
+    log.from_memory_type = MEMORY_TYPE_TO_PROTO[from_memory_type]
+    log.to_memory_type = MEMORY_TYPE_TO_PROTO[to_memory_type]
+    log.log_content = log_content
+    log.memory_len = memory_len
+    log.sequence = sequence
     set_timestamp(log.timestamp, timestamp)
     add_entry = log.memcube_log_content.add
     for e in memcube_log_content:
@@ -195,11 +255,12 @@ def log_proto(
             to_memory_type=MEMORY_TYPE_TO_PROTO[e.to_memory_type],
         )
     add_memory = log.metadata.add
+    shown = None if metadata_type is None else MEMORY_TYPE_TO_PROTO[metadata_type]
     for m in metadata:
-        memory = add_memory(id=m.id, key=m.key, memory=m.memory, memory_type=MEMORY_TYPE_TO_PROTO[m.memory_type])
+        memory_type = MEMORY_TYPE_TO_PROTO[m.memory_type] if shown is None else shown
+        memory = add_memory(id=m.id, key=m.key, memory=m.memory, memory_type=memory_type)
         memory.tags.extend(m.tags)
         set_timestamp(memory.updated_at, m.updated_at)
-    return log
 
 
 def log_from_proto(log: items_pb2.ScheduleLogForWebItem) -> LogItem:

@@ -15,6 +15,7 @@ from functools import lru_cache
 import lmdb
 import numpy as np
 
+from memsched.v1 import items_pb2
 from memsched_grpc import convert
 from memsched_grpc.encoded_log import EncodedLog
 from memsched_grpc.models import (
@@ -26,6 +27,7 @@ from memsched_grpc.models import (
     Message,
     TaskState,
     WorkingEntry,
+    size_fields,
     utcnow,
 )
 from memsched_grpc.retrieval.components import components
@@ -67,6 +69,7 @@ class Cube:
         self.state = state
         self.capacities = capacities
         self._capacities_proto = convert.capacities_to_proto(capacities)
+        self._frame: tuple[tuple[str, tuple[int, ...]], items_pb2.ScheduleLogForWebItem] | None = None
         self.history_keep = history_keep
         self.terms = TermIndex()
         self.entries: dict[str, Entry] = {}
@@ -255,34 +258,52 @@ class Cube:
         content: str,
         memories: list[MemoryItem] | None = None,
         entries: list[LogEntry] | None = None,
+        memories_as: MemoryType | None = None,
     ) -> EncodedLog:
         """Record a log item in the cube's history; sizes are taken after the change. It is encoded here, once:
-        the history keeps the bytes that go to the clients."""
+        the history keeps the bytes that go to the clients. ``memories_as``: the partition the memories are shown
+        in when it is not the one they are stored in."""
         seq = self.state.next_log_seq
         self.state.next_log_seq = seq + 1
-        proto = convert.log_proto(
+        proto = items_pb2.ScheduleLogForWebItem()
+        proto.CopyFrom(self._log_frame(message))
+        convert.fill_log(
+            proto,
             item_id=f"{message.item_id}/{seq}",
-            user_id=message.user_id,
-            mem_cube_id=message.mem_cube_id,
             label=label,
             from_memory_type=from_type,
             to_memory_type=to_type,
             log_content=content,
-            current_memory_sizes=convert.state_sizes_to_proto(self.state),
-            memory_capacities=self._capacities_proto,
             timestamp=utcnow(),
-            task_id=message.task_id,
-            status=TaskState.COMPLETED,
-            memcube_name=message.mem_cube or message.mem_cube_id,
             memory_len=len(memories or ()) or len(entries or ()),
             memcube_log_content=entries or (),
             metadata=memories or (),
-            source_item_id=message.item_id,
             sequence=seq,
+            metadata_type=memories_as,
         )
         encoded = EncodedLog(message.user_id, message.mem_cube_id, label, seq, proto.SerializeToString())
         self.tables.append_log(self._tx(), self.key, encoded, self.history_keep)
         return encoded
+
+    def _log_frame(self, message: Message) -> items_pb2.ScheduleLogForWebItem:
+        """What the message's log items share (convert.log_frame), built again for another message or when the
+        cube's sizes changed: a query's ~20 newcomers share one frame."""
+        state = self.state
+        key = (message.item_id, tuple(size_fields(state).values()))
+        cached = self._frame
+        if cached is None or cached[0] != key:
+            frame = convert.log_frame(
+                user_id=message.user_id,
+                mem_cube_id=message.mem_cube_id,
+                task_id=message.task_id,
+                status=TaskState.COMPLETED,
+                memcube_name=message.mem_cube or message.mem_cube_id,
+                source_item_id=message.item_id,
+                current_memory_sizes=convert.state_sizes_to_proto(state),
+                memory_capacities=self._capacities_proto,
+            )
+            cached = self._frame = (key, frame)
+        return cached[1]
 
     def _remember(self, item: MemoryItem, known_tokens: list[str] | None = None) -> None:
         fingerprint = text_fingerprint(item.memory)

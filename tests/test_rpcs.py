@@ -41,6 +41,11 @@ def test_session_acks_completes_and_streams_logs(client: Client) -> None:
     }
     labels = [log.label for log in got["logs"]]
     assert labels.count("addMemory") == 25
+    added = [log for log in got["logs"] if log.label == "addMemory"]
+    # each log item carries its own message and the sizes after its change (the worker reuses a per-message frame)
+    assert all(log.source_item_id == add.item_id for log in added)
+    sizes = [log.current_memory_sizes for log in added]
+    assert [s.user_memory_size + s.long_term_memory_size for s in sizes] == list(range(1, 26))
     assert "addMessage" in labels and "scheduleMemory" in labels
     user_msg = next(log for log in got["logs"] if log.label == "addMessage")
     assert user_msg.log_content == "[User] What's my dog's name again?"

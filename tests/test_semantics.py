@@ -83,6 +83,7 @@ def test_query_window_keywords_and_answer_usage(make_server: Any) -> None:
     assert len(moved) == 1 and moved[0].log_content.startswith("[LongTermMemory→WorkingMemory]")
     assert "peanut butter" in moved[0].log_content
     assert moved[0].to_memory_type == items_pb2.MEMORY_TYPE_WORKING_MEMORY
+    assert moved[0].metadata[0].memory_type == items_pb2.MEMORY_TYPE_WORKING_MEMORY  # shown where it now is
 
     def cube_state() -> Any:
         return client.stub.GetCubeState(scheduler_pb2.GetCubeStateRequest(user_id="u1", mem_cube_id="c1"))
@@ -112,6 +113,7 @@ def test_activation_memory_is_assembled_when_enabled(make_server: Any) -> None:
     logs = completed_logs(client, [item(label="query", content="When is the meeting?")])
     activation = [log for log in logs if log.to_memory_type == items_pb2.MEMORY_TYPE_ACTIVATION_MEMORY]
     assert len(activation) == 1 and activation[0].from_memory_type == items_pb2.MEMORY_TYPE_TEXT_MEMORY
+    assert [m.memory_type for m in activation[0].metadata] == [items_pb2.MEMORY_TYPE_WORKING_MEMORY] * 2
     memory = client.memory()
     assert memory.activation_memory.splitlines()[0] == "1. The meeting is on Friday."
     assert memory.sizes.transformed_act_memory_size == 2

@@ -26,10 +26,11 @@ class HandlerContext:
         content: str,
         memories: list[MemoryItem] | None = None,
         entries: list[LogEntry] | None = None,
+        memories_as: MemoryType | None = None,
     ) -> EncodedLog:
         """Record a log item; it reaches the submitting stream and every watcher once the message commits
-        (``.item()`` decodes it)."""
-        log = self.cube.log(self.message, label, from_type, to_type, content, memories, entries)
+        (``.item()`` decodes it). ``memories_as``: the partition ``memories`` are shown in, when not their own."""
+        log = self.cube.log(self.message, label, from_type, to_type, content, memories, entries, memories_as)
         self.logs.append(log)
         return log
 

@@ -26,7 +26,7 @@ import numpy as np
 import numpy.typing as npt
 
 from memsched_grpc.handlers.base import HandlerContext
-from memsched_grpc.models import LogEntry, MemoryItem, MemoryType, WebLogLabel, WorkingEntry
+from memsched_grpc.models import LogEntry, MemoryType, WebLogLabel, WorkingEntry
 from memsched_grpc.retrieval.components import components
 from memsched_grpc.retrieval.tokenizer import keywords, stem
 
@@ -181,22 +181,19 @@ def handle(ctx: HandlerContext) -> None:
             item.memory_type,
             MemoryType.WORKING,
             move,
-            [_as_working(item)],
+            [item],
             [
                 LogEntry(
                     content=move, ref_id=item.id, from_memory_type=item.memory_type, to_memory_type=MemoryType.WORKING
                 )
             ],
+            memories_as=MemoryType.WORKING,
         )
 
     # 8. activation memory
     if config.enable_activation_memory:
         _refresh_activation(ctx)
     cube.save()
-
-
-def _as_working(item: MemoryItem) -> MemoryItem:
-    return item.model_copy(update={"memory_type": MemoryType.WORKING})
 
 
 def _refresh_activation(ctx: HandlerContext) -> None:
@@ -219,5 +216,6 @@ def _refresh_activation(ctx: HandlerContext) -> None:
         MemoryType.TEXT,
         MemoryType.ACTIVATION,
         f"[TextMemory→ActivationMemory] {len(items)} memories assembled",
-        [_as_working(i) for i in items],
+        items,
+        memories_as=MemoryType.WORKING,
     )
