@@ -56,7 +56,9 @@ from memsched.v1 import scheduler_pb2, scheduler_pb2_grpc
 PROBES = 50
 PER_ADD = 100  # memories per add message (a JSON list of chat messages)
 SUBMIT_ITEMS = 100  # add messages per Submit call
-FORMAT = 1  # bump when the data layout or corpus changes
+FORMAT = 2
+"""Bump when the data layout or corpus changes. 2: a message's log items are one history entry (the data dir then
+holds what the code that reads it writes; a dir of format 1 still works, one entry per item)."""
 BUILD_SEED = 11
 """The cubes' corpus. Queries draw their words from its vocabulary: until 2026-12-07 they drew from another seed's,
 so 91 % of their words were unknown to the cubes and a query found memories mostly through its probe token."""

@@ -80,6 +80,8 @@ class Cube:
         self._usage: dict[int, np.ndarray] = {}
         """Use counts by sequence number, a copy of the usage table's arrays (see store/cubes.py)."""
         self._usage_changed: set[int] = set()
+        self._unwritten_logs: list[EncodedLog] = []
+        """This message's log items, for write_history."""
 
     @classmethod
     def load(
@@ -260,9 +262,9 @@ class Cube:
         entries: list[LogEntry] | None = None,
         memories_as: MemoryType | None = None,
     ) -> EncodedLog:
-        """Record a log item in the cube's history; sizes are taken after the change. It is encoded here, once:
-        the history keeps the bytes that go to the clients. ``memories_as``: the partition the memories are shown
-        in when it is not the one they are stored in."""
+        """Record a log item for the cube's history (stored by write_history); sizes are taken after the change. It
+        is encoded here, once: the history keeps the bytes that go to the clients. ``memories_as``: the partition
+        the memories are shown in when it is not the one they are stored in."""
         seq = self.state.next_log_seq
         self.state.next_log_seq = seq + 1
         proto = items_pb2.ScheduleLogForWebItem()
@@ -282,8 +284,15 @@ class Cube:
             metadata_type=memories_as,
         )
         encoded = EncodedLog(message.user_id, message.mem_cube_id, label, seq, proto.SerializeToString())
-        self.tables.append_log(self._tx(), self.key, encoded, self.history_keep)
+        self._unwritten_logs.append(encoded)
         return encoded
+
+    def write_history(self) -> None:
+        """Store the log items logged since the last call in the history, as one entry (see
+        CubeTables.append_logs): the worker calls it once a message's handler has returned."""
+        if self._unwritten_logs:
+            self.tables.append_logs(self._tx(), self.key, self._unwritten_logs, self.history_keep)
+            self._unwritten_logs = []
 
     def _log_frame(self, message: Message) -> items_pb2.ScheduleLogForWebItem:
         """What the message's log items share (convert.log_frame), built again for another message or when the

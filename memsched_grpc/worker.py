@@ -290,6 +290,7 @@ class Worker:
                 cube.txn = child
                 ctx = HandlerContext(message, cube, self.settings.scheduler)
                 self.registry[message.label](ctx)
+                cube.write_history()
                 tables.mark_done(child, pending.seq, message.item_id)
                 child.commit()
             except (lmdb.MapFullError, lmdb.MapResizedError):

@@ -101,6 +101,7 @@ def test_a_cubes_log_item_is_what_the_handler_logged(tmp_path: Path) -> None:
     def log(txn: Any) -> tuple[EncodedLog, list[EncodedLog]]:
         cube.txn = txn
         encoded = cube.log(message, "query", MemoryType.LONG_TERM, MemoryType.WORKING, "Max", [memory], [entry])
+        cube.write_history()
         return encoded, tables.history(txn, cube.key, 10)
 
     encoded, history = tables.env.write(log)

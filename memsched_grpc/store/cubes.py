@@ -11,6 +11,7 @@ their count in their record; a record's count is also the count until its cube's
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,10 @@ DB_NAMES = ("memory", "cube", "history", "archive", "done", "usage")
 USAGE_CHUNK = 16_384
 """Use counts per stored array: a 10k-memory cube's counts are one contiguous 40 KB value."""
 USAGE_DTYPE = np.dtype("<u4")
+_LOG_BATCH = b"\x00"
+"""First byte of a history entry of several log items. A serialized ScheduleLogForWebItem never starts with 0 (field
+number 0 does not exist), nor does LogItem JSON (written by earlier versions, "{")."""
+_LOG_LENGTH = struct.Struct(">I")
 
 
 def shard_path(data_dir: Path, shard: int) -> Path:
@@ -133,23 +138,62 @@ class CubeTables:
         txn.put(keys.usage_key(cube, chunk), counts.astype(USAGE_DTYPE, copy=False).tobytes(), db=self._usage)
 
     # log history
-    def append_log(self, txn: lmdb.Transaction, cube: bytes, log: EncodedLog, keep: int) -> None:
-        """History holds the bytes the clients receive: a log item is serialized once, for both."""
-        txn.put(keys.history_key(cube, log.sequence), log.data, db=self._history)
-        if log.sequence > keep:
-            txn.delete(keys.history_key(cube, log.sequence - keep), db=self._history)
+    def append_logs(self, txn: lmdb.Transaction, cube: bytes, logs: list[EncodedLog], keep: int) -> None:
+        """Store one message's log items (consecutive sequence numbers) as one history entry, keyed by the first
+        one's number, and delete the entries whose items are all older than the last ``keep``.
 
-    def page_in_history(self, txn: lmdb.Transaction, cube: bytes) -> None:
-        """Read the cube's history keys once, when the cube loads. Every log item deletes the oldest entry
-        (``append_log``), and a delete reads the entry's leaf page: after a restart those pages are on disk only, and
-        a query's ~20 log items waited for ~4 random page reads inside its transaction (1.5 ms a query at 100 x 10k,
-        bench.handler). Read here, they are in memory when the trimming reaches them."""
+        History holds the bytes the clients receive: a log item is serialized once, for both. One entry per
+        message, not per item: a query's ~20 items as ~20 entries dirtied ~10 leaf and branch pages of the history
+        table per commit, each one more random write the commit's fsync waits for (~60 µs each on this machine's
+        disk); one entry of several items is a run of consecutive overflow pages, one write. An entry's items
+        end where the next entry's begin, so trimming reads keys only, and the history holds at least ``keep``
+        items."""
+        if not logs:
+            return
+        if len(logs) == 1:
+            value = logs[0].data  # as every entry was before entries of several items existed
+        else:
+            value = _LOG_BATCH + b"".join(_LOG_LENGTH.pack(len(log.data)) + log.data for log in logs)
+        txn.put(keys.history_key(cube, logs[0].sequence), value, db=self._history)
+        self._trim_history(txn, cube, logs[-1].sequence - keep)
+
+    def _trim_history(self, txn: lmdb.Transaction, cube: bytes, last_dropped: int) -> None:
+        """Delete the cube's oldest entries while every item of theirs has a sequence number <= ``last_dropped``."""
+        if last_dropped <= 0:
+            return
         prefix = keys.history_prefix(cube)
         cursor = txn.cursor(db=self._history)
-        if cursor.set_range(prefix):
-            for key in cursor.iternext(keys=True, values=False):
-                if not as_bytes(key).startswith(prefix):
-                    break
+        if not cursor.set_range(prefix):
+            return
+        doomed: list[bytes] = []
+        key = as_bytes(cursor.key())
+        while _is_history_key(key, prefix) and cursor.next():
+            following = as_bytes(cursor.key())
+            if not _is_history_key(following, prefix) or _history_seq(following) - 1 > last_dropped:
+                break
+            doomed.append(key)
+            key = following
+        for key in doomed:
+            txn.delete(key, db=self._history)
+
+    def page_in_history(self, txn: lmdb.Transaction, cube: bytes) -> None:
+        """Read the pages the cube's history trimming will read, once, when the cube loads: after a restart they
+        are on disk only, and a query waited for each inside its transaction (~4 random page reads a query, 1.5 ms
+        at 100 x 10k, bench.handler, when every item had an entry).
+
+        Deleting an entry reads its leaf page and, for an entry of several items, the first page of its value
+        (where LMDB notes how many pages the value spans). Through a read-only view a value's first byte touches
+        only that page; copying the values would read the whole history. ``txn`` is the caller's write
+        transaction: the view is a second one, which sees the last commit (the pages are the same)."""
+        prefix = keys.history_prefix(cube)
+        with self.env.env.begin(buffers=True) as view:
+            cursor = view.cursor(db=self._history)
+            if cursor.set_range(prefix):
+                for key, value in cursor:
+                    if bytes(key[: len(prefix)]) != prefix:
+                        break
+                    if len(value):
+                        _ = value[0]  # the read is the point
 
     def history(self, txn: lmdb.Transaction, cube: bytes, last: int) -> list[EncodedLog]:
         """The ``last`` most recent log items of the cube, oldest first."""
@@ -157,20 +201,24 @@ class CubeTables:
             return []
         prefix = keys.history_prefix(cube)
         cursor = txn.cursor(db=self._history)
-        out: list[bytes] = []
+        entries: list[bytes] = []
         if not cursor.set_range(prefix + b"\xff" * 8):
             if not cursor.last():
                 return []
         elif not cursor.prev():
             return []
-        while len(out) < last:
+        found = 0
+        while found < last:
             key = as_bytes(cursor.key())
-            if not key.startswith(prefix) or len(key) != len(prefix) + 8:
+            if not _is_history_key(key, prefix):
                 break
-            out.append(as_bytes(cursor.value()))
+            raw = as_bytes(cursor.value())
+            entries.append(raw)
+            found += _entry_size(raw)
             if not cursor.prev():
                 break
-        return [_history_entry(raw) for raw in reversed(out)]
+        items = [item for raw in reversed(entries) for item in _history_items(raw)]
+        return [_history_entry(raw) for raw in items[-last:]]
 
     # exactly-once markers, keyed by inbox sequence number
     def is_done(self, txn: lmdb.Transaction, seq: int) -> bool:
@@ -195,6 +243,38 @@ def _count(counts: bytes | None, index: int, recorded: int) -> int:
     if counts is None or size * (index + 1) > len(counts):
         return recorded
     return int.from_bytes(counts[size * index : size * (index + 1)], "little")
+
+
+def _is_history_key(key: bytes, prefix: bytes) -> bool:
+    return len(key) == len(prefix) + 8 and key.startswith(prefix)
+
+
+def _history_seq(key: bytes) -> int:
+    return int.from_bytes(key[-8:], "big")
+
+
+def _entry_size(raw: bytes) -> int:
+    """Log items in a history entry, counted from their length prefixes without copying them."""
+    if raw[:1] != _LOG_BATCH:
+        return 1
+    count, offset = 0, 1
+    while offset < len(raw):
+        offset += _LOG_LENGTH.size + _LOG_LENGTH.unpack_from(raw, offset)[0]
+        count += 1
+    return count
+
+
+def _history_items(raw: bytes) -> list[bytes]:
+    """The log items of one history entry: several after ``_LOG_BATCH``, each behind its length, or one."""
+    if raw[:1] != _LOG_BATCH:
+        return [raw]
+    items, offset = [], 1
+    while offset < len(raw):
+        (length,) = _LOG_LENGTH.unpack_from(raw, offset)
+        offset += _LOG_LENGTH.size
+        items.append(raw[offset : offset + length])
+        offset += length
+    return items
 
 
 def _history_entry(raw: bytes) -> EncodedLog:
