@@ -97,7 +97,7 @@ class Cube:
         state = tables.load_state(txn, key) or CubeState(user_id=user_id, mem_cube_id=mem_cube_id)
         cube = cls(tables, state, capacities, history_keep)
         stored = tables.load_usage(txn, key)
-        tables.page_in_history(txn, key)
+        tables.page_in_history(key)
         for memory_type in STORED_TYPES:
             for item in tables.iter_memories(txn, key, memory_type, stored):
                 cube._remember(item)

@@ -176,15 +176,15 @@ class CubeTables:
         for key in doomed:
             txn.delete(key, db=self._history)
 
-    def page_in_history(self, txn: lmdb.Transaction, cube: bytes) -> None:
+    def page_in_history(self, cube: bytes) -> None:
         """Read the pages the cube's history trimming will read, once, when the cube loads: after a restart they
         are on disk only, and a query waited for each inside its transaction (~4 random page reads a query, 1.5 ms
         at 100 x 10k, bench.handler, when every item had an entry).
 
         Deleting an entry reads its leaf page and, for an entry of several items, the first page of its value
         (where LMDB notes how many pages the value spans). Through a read-only view a value's first byte touches
-        only that page; copying the values would read the whole history. ``txn`` is the caller's write
-        transaction: the view is a second one, which sees the last commit (the pages are the same)."""
+        only that page; copying the values would read the whole history. The view is a transaction of its own
+        beside the caller's write transaction (py-lmdb opens environments with MDB_NOTLS), and sees the last commit."""
         prefix = keys.history_prefix(cube)
         with self.env.env.begin(buffers=True) as view:
             cursor = view.cursor(db=self._history)
