@@ -190,7 +190,7 @@ class CubeTables:
             cursor = view.cursor(db=self._history)
             if cursor.set_range(prefix):
                 for key, value in cursor:
-                    if bytes(key[: len(prefix)]) != prefix:
+                    if not _is_history_key(bytes(key), prefix):
                         break
                     if len(value):
                         _ = value[0]  # the read is the point
