@@ -141,7 +141,7 @@ class Cube:
             usage = self.tables.load_usage(txn, self.key)
             items = [item for t in STORED_TYPES for item in self.tables.iter_memories(txn, self.key, t, usage)]
             items.sort(key=lambda i: (i.sequence, i.created_at, i.id))
-            retriever.add_many(items)
+            retriever.add_many(items, [self.tokens(item.id) for item in items])
             self._retriever = retriever
         return self._retriever
 
@@ -332,7 +332,7 @@ class Cube:
             self.terms.add(item.id, tokens)
         self.last_sequence = max(self.last_sequence, item.sequence)
         if self._retriever is not None:
-            self._retriever.add(item)
+            self._retriever.add(item, tokens)
 
     def _resize(self, memory_type: MemoryType, delta: int) -> None:
         if memory_type == MemoryType.USER:

@@ -118,3 +118,25 @@ def test_sessions_stay_linked_in_insertion_order_through_replacements_removals_a
         assert [int(retriever._next[retriever._slot[m]]) for m in order] == [retriever._slot[m] for m in order[1:]] + [
             -1
         ]
+
+
+def test_tokens_the_caller_holds_index_a_memory_as_tokenizing_it_again() -> None:
+    """A cube hands the retriever the tokens of each memory's text (Cube.retriever, Cube._remember): the index and
+    every ranking are the same as when the retriever tokenizes; where a caption is indexed with the text, the
+    retriever tokenizes the whole (the tokens handed over are only the text's)."""
+    items = _items()
+    items += [
+        MemoryItem(id="c0", memory="w7 at the lake", sequence=400, metadata={"session_id": "c", "caption": "zz canoe"}),
+        MemoryItem(id="c1", memory="w9 w9", sequence=401, metadata={"session_id": "c"}),
+    ]
+    own, handed = Retriever(RetrievalConfig()), Retriever(RetrievalConfig())
+    own.add_many(items[:150])
+    handed.add_many(items[:150], [tokenize(item.memory) for item in items[:150]])
+    for item in items[150:]:  # one at a time, as adds reach a cube whose retriever exists
+        own.add(item)
+        handed.add(item, tokenize(item.memory))
+    for query in [*QUERIES, "canoe zz", "w7 lake"]:
+        expected, got = own.rank(query), handed.rank(query)
+        assert got.top(60) == expected.top(60)
+        assert got.score_map() == expected.score_map()
+    assert handed.rank("canoe").top(1)[0][0] == "c0"  # the caption's words are indexed

@@ -349,12 +349,17 @@ class Retriever:
         return memory_id in self._slot
 
     # building
-    def add(self, item: MemoryItem) -> None:
-        self.add_many([item])
+    def add(self, item: MemoryItem, tokens: Sequence[str] | None = None) -> None:
+        self.add_many([item], [tokens])
 
-    def add_many(self, items: Iterable[MemoryItem]) -> None:
-        """Index memories (an id already present is replaced); embeds them in one batch when an embedder is set."""
-        slots = [s for s in (self._add_one(item) for item in items) if s is not None]
+    def add_many(self, items: Iterable[MemoryItem], tokens: Iterable[Sequence[str] | None] | None = None) -> None:
+        """Index memories (an id already present is replaced); embeds them in one batch when an embedder is set.
+
+        ``tokens``: each memory's text's tokens (``tokenize(item.memory)``), where the caller has them: a cube
+        holds them already, and a memory indexed by its text alone need not be tokenized twice (~7 µs a memory:
+        a 10k cube's first query after a load 0.07 s shorter)."""
+        known = itertools.repeat(None) if tokens is None else tokens
+        slots = [s for s in map(self._add_one, items, known) if s is not None]
         if self.embedder is not None and slots:
             self._embed_slots(slots)
         if slots:
@@ -399,7 +404,7 @@ class Retriever:
             if self._years[year] <= 0:
                 del self._years[year]
 
-    def _add_one(self, item: MemoryItem) -> int | None:
+    def _add_one(self, item: MemoryItem, memory_tokens: Sequence[str] | None) -> int | None:
         """Index one memory; None when it is already indexed exactly so (a usage count changed, say)."""
         config = self.config
         text = index_text(item, config.indexed_metadata_keys)
@@ -421,7 +426,7 @@ class Retriever:
         self._slot[item.id] = slot
         self._signatures[slot] = signature
         self._alive[slot] = True
-        tokens = tokenize(text)
+        tokens = list(memory_tokens) if memory_tokens is not None and text == item.memory else tokenize(text)
         self._length[slot] = math.log1p(len(tokens)) / LENGTH_SCALE
         self._token_count[slot] = len(tokens)
         self._time_mention[slot] = 1.0 if TIME_MENTION.search(item.memory) else 0.0
