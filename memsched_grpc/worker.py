@@ -291,6 +291,7 @@ class Worker:
                 ctx = HandlerContext(message, cube, self.settings.scheduler)
                 self.registry[message.label](ctx)
                 cube.write_history()
+                cube.message_done()
                 tables.mark_done(child, pending.seq, message.item_id)
                 child.commit()
             except (lmdb.MapFullError, lmdb.MapResizedError):
