@@ -149,7 +149,8 @@ class Cube:
                 usage = self.tables.load_usage(txn, self.key)
                 items = [item for t in STORED_TYPES for item in self.tables.iter_memories(txn, self.key, t, usage)]
             items.sort(key=lambda i: (i.sequence, i.created_at, i.id))
-            retriever.add_many(items, [self.tokens(item.id) for item in items])
+            entries = self.entries
+            retriever.add_many(items, [entries[i.id].tokens if i.id in entries else None for i in items])
             self._retriever = retriever
         return self._retriever
 
