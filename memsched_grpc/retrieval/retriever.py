@@ -933,7 +933,7 @@ class Retriever:
                 tf = np.bincount(inverse, weights=counts)
             else:
                 summed = np.bincount(sessions, weights=counts, minlength=count)
-                held = np.flatnonzero(summed)
+                held = np.flatnonzero(summed != 0)  # as a mask: see _bm25_touched
                 tf = summed[held]
             df = len(held)
             idf = bm25_idf(n, df)
@@ -1122,8 +1122,9 @@ class Retriever:
         norm = k1 * (1.0 - b + b * self._token_count[slots] / average) if b else k1
         scores = scale * counts * (k1 + 1.0) / (counts + norm)
         out = cast(Floats, np.bincount(slots, weights=scores, minlength=n + 1))  # weighted: float64
-        # every posting's score is positive (idf > 0): one pass over the cells beats sorting the postings' slots
-        hit: Ints = np.flatnonzero(out[:n])
+        # every posting's score is positive (idf > 0): one pass over the cells beats sorting the postings' slots. The
+        # pass is over a boolean mask: numpy finds the non-zero cells of a float array ~9x slower (240 µs at 100k)
+        hit: Ints = np.flatnonzero(out[:n] != 0)
         return out, hit
 
     def _live_posting(self, term: str) -> tuple[Ints, Floats] | None:
