@@ -299,13 +299,15 @@ class Cube:
         return encoded
 
     def message_done(self) -> None:
-        """The message that loaded the cube is over: the records its load read are no longer kept (a cube whose first
-        messages build no retriever would otherwise hold a second copy of its memories)."""
+        """The message's handler returned: its log items go to the history (write_history), and the records the
+        cube's load read are no longer kept (a cube whose first messages build no retriever would otherwise hold a
+        second copy of its memories)."""
+        self.write_history()
         self._loaded = None
 
     def write_history(self) -> None:
         """Store the log items logged since the last call in the history, as one entry (see
-        CubeTables.append_logs): the worker calls it once a message's handler has returned."""
+        CubeTables.append_logs), once a message's handler has returned (message_done)."""
         if self._unwritten_logs:
             self.tables.append_logs(self._tx(), self.key, self._unwritten_logs, self.history_keep)
             self._unwritten_logs = []

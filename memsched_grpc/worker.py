@@ -290,7 +290,6 @@ class Worker:
                 cube.txn = child
                 ctx = HandlerContext(message, cube, self.settings.scheduler)
                 self.registry[message.label](ctx)
-                cube.write_history()
                 cube.message_done()
                 tables.mark_done(child, pending.seq, message.item_id)
                 child.commit()
