@@ -1,76 +1,88 @@
-"""The latent space's sparse products (retrieval/latent.py): summed in chunks, equal to the bit to summing every
-term at once, and equal to a dense matrix product."""
+"""The latent space (retrieval/latent.py) computed with scipy's sparse products: the fit equals the same randomized
+SVD over a dense matrix, and the three ways of projecting a window (a query's, a batch of windows, a batch of term
+occurrences) give the same vectors."""
 
 from __future__ import annotations
 
+import math
+from collections import Counter
+
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
 from memsched_grpc.retrieval import latent
-from memsched_grpc.retrieval.latent import LatentIndex, fit, weighted_sums
+from memsched_grpc.retrieval.latent import LatentIndex, fit
 
 
-def _at_once(weights: np.ndarray, index: np.ndarray, dense: np.ndarray, keys: np.ndarray, size: int) -> np.ndarray:
-    """The sums as computed before chunking: every term's scaled row in one array, one reduceat."""
-    out = np.zeros((size, dense.shape[1]))
-    if len(keys):
-        starts = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]])
-        out[keys[starts]] = np.add.reduceat(weights[:, None] * dense[index], starts, axis=0)
-    return out
-
-
-# monkeypatch is function-scoped, but each example patches and restores within its own context
-@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(
-    seed=st.integers(0, 2**32 - 1),
-    terms=st.integers(0, 60),
-    size=st.integers(1, 12),
-    chunk=st.sampled_from([1, 2, 3, 7, 1024]),
-)
-def test_weighted_sums_equal_the_sums_at_once_to_the_bit(
-    seed: int, terms: int, size: int, chunk: int, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def _documents(seed: int, count: int = 120, first_word: int = 0) -> list[list[str]]:
     rng = np.random.default_rng(seed)
-    columns = 5
-    dense = rng.standard_normal((columns, 4))
-    keys = np.sort(rng.integers(0, size, terms)).astype(np.int64)  # some keys hold many terms, some none
-    index = rng.integers(0, columns, terms).astype(np.int64)
-    weights = rng.standard_normal(terms)
-    with monkeypatch.context() as patch:
-        patch.setattr(latent, "SUM_CHUNK", chunk)  # chunks smaller than a key's terms, and one chunk for all
-        got = weighted_sums(weights, index, dense, keys, size)
-    assert np.array_equal(got, _at_once(weights, index, dense, keys, size))
-    sparse = np.zeros((size, columns))
-    np.add.at(sparse, (keys, index), weights)
-    assert np.allclose(got, sparse @ dense)
+    words = [f"w{i}" for i in range(first_word, first_word + 80)]
+    return [[str(w) for w in rng.choice(words, size=int(rng.integers(1, 15)))] for _ in range(count)]
 
 
-def test_a_fit_and_its_projections_do_not_depend_on_the_chunk(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A whole fit (randomized SVD through dot and tdot) and the projection of every window, with chunks of one term
-    and with the default: the same vectors to the bit."""
-    rng = np.random.default_rng(7)
-    words = [f"w{i}" for i in range(80)]
-    documents = [list(rng.choice(words, size=int(rng.integers(3, 15)))) for _ in range(120)]
+def _dense_fit(documents: list[list[str]], dimensions: int) -> np.ndarray:
+    """The fit's algorithm over a dense term-document matrix, written out step by step."""
+    vocabulary: dict[str, int] = {}
+    for tokens in documents:
+        for term in tokens:
+            vocabulary.setdefault(term, len(vocabulary))
+    matrix = np.zeros((len(documents), len(vocabulary)))
+    for row, tokens in enumerate(documents):
+        for term, tf in Counter(tokens).items():
+            matrix[row, vocabulary[term]] = 1.0 + math.log(tf)
+    df = (matrix > 0).sum(axis=0)
+    matrix *= np.log((len(documents) + 1.0) / (df + 1.0)) + 1.0
+    matrix /= np.linalg.norm(matrix, axis=1, keepdims=True)
+    k = min(dimensions, len(documents) - 1, len(vocabulary) - 1)
+    width = min(k + latent.OVERSAMPLE, len(documents), len(vocabulary))
+    rng = np.random.default_rng(0)
+    q, _ = np.linalg.qr(matrix @ rng.standard_normal((len(vocabulary), width)))
+    for _ in range(latent.POWER_ITERATIONS):
+        z, _ = np.linalg.qr(matrix.T @ q)
+        q, _ = np.linalg.qr(matrix @ z)
+    _, _, vt = np.linalg.svd((matrix.T @ q).T, full_matrices=False)
+    projection: np.ndarray = vt[:k].T
+    return projection
 
-    def run() -> tuple[np.ndarray, np.ndarray]:
-        space = fit(documents, 8)
-        assert space is not None
-        index = LatentIndex(8, 0.1, 1000)
-        index.ensure_capacity(len(documents))
-        index.space = space
-        index.vectors = np.zeros((len(index.has), space.dimensions), dtype=np.float32)
-        slots = np.arange(len(documents), dtype=np.int64)
-        owner = np.repeat(slots, [len(d) for d in documents])
-        columns = np.array([space.vocabulary[t] for d in documents for t in d], dtype=np.int64)
-        index.project_terms(slots, owner, columns)
-        return space.projection, index.vectors[: len(documents)].copy()
 
-    projection, vectors = run()
-    with monkeypatch.context() as patch:
-        patch.setattr(latent, "SUM_CHUNK", 1)
-        small_projection, small_vectors = run()
-    assert np.array_equal(projection, small_projection)
-    assert np.array_equal(vectors, small_vectors)
-    assert np.abs(vectors).sum() > 0
+@pytest.mark.parametrize("seed", [1, 7, 23])
+def test_the_fit_equals_the_randomized_svd_of_the_dense_matrix(seed: int) -> None:
+    documents = _documents(seed)
+    space = fit(documents, 8)
+    assert space is not None
+    assert space.projection.shape == (80, 8)
+    assert np.allclose(space.projection, _dense_fit(documents, 8), atol=1e-9)
+
+
+@pytest.mark.parametrize("seed", [1, 7])
+def test_windows_and_term_occurrences_project_as_a_query_does(seed: int) -> None:
+    seen = _documents(seed, 60)
+    space = fit(seen, 8)
+    assert space is not None
+    # then windows with words the space never saw, and one with none it did
+    documents = seen + _documents(seed + 1, 60, first_word=40) + [["unseen", "words", "only"]]
+    slots = np.arange(len(documents), dtype=np.int64)
+
+    by_windows = LatentIndex(8, 0.1, 1000)
+    by_windows.ensure_capacity(len(documents))
+    by_windows.space = space
+    by_windows.vectors = np.zeros((len(by_windows.has), space.dimensions), dtype=np.float32)
+    by_windows.project(slots, lambda slot: documents[slot])
+
+    by_terms = LatentIndex(8, 0.1, 1000)
+    by_terms.ensure_capacity(len(documents))
+    by_terms.space = space
+    by_terms.vectors = np.zeros((len(by_terms.has), space.dimensions), dtype=np.float32)
+    fitted = [[space.vocabulary[t] for t in d if t in space.vocabulary] for d in documents]
+    owner = np.repeat(slots, [len(f) for f in fitted])
+    columns = np.array([j for f in fitted for j in f], dtype=np.int64)
+    by_terms.project_terms(slots, owner, columns)
+
+    for slot, tokens in enumerate(documents):
+        expected = space.project(tokens)
+        assert by_windows.known[slot] and by_terms.known[slot]
+        assert by_windows.has[slot] == by_terms.has[slot] == (expected is not None)
+        if expected is not None:
+            assert np.allclose(by_windows.vectors[slot], expected, atol=1e-6)
+            assert np.allclose(by_terms.vectors[slot], expected, atol=1e-6)
+    assert by_windows.has[: len(documents)].sum() > len(documents) // 2

@@ -3,7 +3,7 @@
 A question and the turn that answers it often share no word but share a topic ("family" / "kids", "husband";
 "hobbies" / "painting", "pottery"). Words that occur in the same stretches of conversation get close in the
 latent space, so a turn can match a question through the words around it. No model and no download: the space is
-fitted with numpy on the cube's own memories and refitted as the cube grows.
+fitted with numpy and scipy's sparse matrices on the cube's own memories and refitted as the cube grows.
 
 - Documents are windows: a memory's tokens plus those of the memories said just before and just after it in its
   session (a turn alone is too short to place in a topic). Terms are weighted 1 + log(tf) times a smoothed idf,
@@ -28,6 +28,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 import numpy.typing as npt
+from scipy import sparse
 
 Floats = npt.NDArray[np.float64]
 Vectors = npt.NDArray[np.float32]
@@ -43,52 +44,16 @@ OVERSAMPLE = 10
 POWER_ITERATIONS = 2
 
 
-class _Rows:
-    """Sparse rows over a fixed vocabulary, enough for a randomized SVD in numpy (no scipy)."""
-
-    def __init__(self, rows: list[tuple[list[int], list[float]]], columns: int) -> None:
-        self.shape = (len(rows), columns)
-        lengths = np.array([len(c) for c, _ in rows], dtype=np.int64)
-        self.row_of = np.repeat(np.arange(len(rows)), lengths)
-        self.indices = np.array([j for c, _ in rows for j in c], dtype=np.int64)
-        self.data = np.array([v for _, vs in rows for v in vs], dtype=np.float64)
-        self.by_column = np.argsort(self.indices, kind="stable")
-
-    def dot(self, dense: Floats) -> Floats:
-        """rows @ dense, dense of shape (columns, k)."""
-        return weighted_sums(self.data, self.indices, dense, self.row_of, self.shape[0])
-
-    def tdot(self, dense: Floats) -> Floats:
-        """rows.T @ dense, dense of shape (rows, k)."""
-        order = self.by_column
-        return weighted_sums(self.data[order], self.row_of[order], dense, self.indices[order], self.shape[1])
-
-
-SUM_CHUNK = 1024
-"""Terms a weighted sum scales at a time: their (chunk x dimensions) products stay in the CPU's cache."""
-
-
-def weighted_sums(
-    weights: Floats, index: npt.NDArray[np.int64], dense: Floats, keys: npt.NDArray[np.int64], size: int
-) -> Floats:
-    """``out[k] = sum of weights[i] * dense[index[i]] over the i with keys[i] == k`` (``keys`` sorted ascending),
-    ``size`` rows: a sparse matrix times a dense one, without scipy.
-
-    Done in chunks of whole keys of about SUM_CHUNK terms: scaling every term's row at once built a (terms x
-    dimensions) float64 array, ~220 MB for a 10k-memory cube's windows, and summing it was memory-bound (a 10k
-    cube's projection: 0.32 s at once, 0.09 s in chunks; its fit 0.43 s, 0.25 s). Each key's rows are summed in
-    the same order either way, so the sums are the same to the bit."""
-    out = np.zeros((size, dense.shape[1]))
-    if len(keys) == 0:
-        return out
-    starts = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]])
-    bounds = np.r_[starts, len(keys)]
-    cuts = np.unique(np.r_[np.searchsorted(bounds, np.arange(0, len(keys), SUM_CHUNK)), len(starts)])
-    for first, last in zip(cuts[:-1].tolist(), cuts[1:].tolist(), strict=True):
-        lo, hi = bounds[first], bounds[last]
-        scaled = weights[lo:hi, None] * dense[index[lo:hi]]
-        out[keys[starts[first:last]]] = np.add.reduceat(scaled, starts[first:last] - lo, axis=0)
-    return out
+def _matrix(rows: list[tuple[list[int], list[float]]], columns: int) -> sparse.csr_array:
+    """Sparse rows (each its columns and values) over a fixed vocabulary, as a CSR matrix: scipy's products of a
+    sparse and a dense matrix run in C, ~10x faster than the reduceat over scaled rows they replaced (a 10k cube's
+    fit 231 -> 157 ms)."""
+    lengths = np.fromiter((len(c) for c, _ in rows), dtype=np.int64, count=len(rows))
+    indptr = np.zeros(len(rows) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=indptr[1:])
+    indices = np.fromiter((j for c, _ in rows for j in c), dtype=np.int64, count=int(indptr[-1]))
+    data = np.fromiter((v for _, vs in rows for v in vs), dtype=np.float64, count=int(indptr[-1]))
+    return sparse.csr_array((data, indices, indptr), shape=(len(rows), columns))
 
 
 class LatentSpace:
@@ -150,17 +115,18 @@ def fit(documents: Sequence[Sequence[str]], dimensions: int, seed: int = 0) -> L
         values = np.array([(1.0 + math.log(tf)) for tf in c.values()]) * idf[columns]
         norm = float(np.linalg.norm(values)) or 1.0
         rows.append((columns, list(values / norm)))
-    matrix = _Rows(rows, len(vocabulary))
+    matrix = _matrix(rows, len(vocabulary))
+    transposed = matrix.T.tocsr()
     k = min(dimensions, n - 1, len(vocabulary) - 1)
     if k < 1:
         return None
     width = min(k + OVERSAMPLE, n, len(vocabulary))
     rng = np.random.default_rng(seed)
-    q, _ = np.linalg.qr(matrix.dot(rng.standard_normal((len(vocabulary), width))))
+    q, _ = np.linalg.qr(matrix @ rng.standard_normal((len(vocabulary), width)))
     for _ in range(POWER_ITERATIONS):
-        z, _ = np.linalg.qr(matrix.tdot(q))
-        q, _ = np.linalg.qr(matrix.dot(z))
-    small = matrix.tdot(q).T  # (width, terms) = q.T @ matrix
+        z, _ = np.linalg.qr(transposed @ q)
+        q, _ = np.linalg.qr(matrix @ z)
+    small = (transposed @ q).T  # (width, terms) = q.T @ matrix
     _, _, vt = np.linalg.svd(small, full_matrices=False)
     return LatentSpace(vocabulary, idf, np.ascontiguousarray(vt[:k].T))
 
@@ -237,7 +203,7 @@ class LatentIndex:
         keys, tf = np.unique(owner * width + columns, return_counts=True)
         rows, terms = keys // width, keys % width
         weights = (1.0 + np.log(tf)) * space.idf[terms]
-        projected = weighted_sums(weights, terms, space.projection, rows, len(slots))
+        projected = sparse.csr_array((weights, (rows, terms)), shape=(len(slots), width)) @ space.projection
         norms = np.linalg.norm(projected, axis=1)
         ok = norms > 0
         self.vectors[slots[ok]] = projected[ok] / norms[ok, None]
@@ -253,7 +219,7 @@ class LatentIndex:
         if not len(live):
             return
         rows = [space.weights(window(int(s))) for s in live]
-        projected = _Rows(rows, len(space.vocabulary)).dot(space.projection)
+        projected = _matrix(rows, len(space.vocabulary)) @ space.projection
         norms = np.linalg.norm(projected, axis=1)
         ok = norms > 0
         self.vectors[live[ok]] = projected[ok] / norms[ok, None]
