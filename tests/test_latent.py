@@ -1,6 +1,6 @@
 """The latent space (retrieval/latent.py) computed with scipy's sparse products: the fit equals the same randomized
-SVD over a dense matrix, and the three ways of projecting a window (a query's, a batch of windows, a batch of term
-occurrences) give the same vectors."""
+SVD over a dense matrix, a retriever's windows fit the same space from term ids as from token lists, and the three
+ways of projecting a window (a query's, a batch of windows, a batch of term occurrences) give the same vectors."""
 
 from __future__ import annotations
 
@@ -10,8 +10,11 @@ from collections import Counter
 import numpy as np
 import pytest
 
+from memsched_grpc.models import MemoryItem
 from memsched_grpc.retrieval import latent
 from memsched_grpc.retrieval.latent import LatentIndex, fit
+from memsched_grpc.retrieval.retriever import Retriever
+from memsched_grpc.retrieval.settings import RetrievalConfig
 
 
 def _documents(seed: int, count: int = 120, first_word: int = 0) -> list[list[str]]:
@@ -86,3 +89,35 @@ def test_windows_and_term_occurrences_project_as_a_query_does(seed: int) -> None
             assert np.allclose(by_windows.vectors[slot], expected, atol=1e-6)
             assert np.allclose(by_terms.vectors[slot], expected, atol=1e-6)
     assert by_windows.has[: len(documents)].sum() > len(documents) // 2
+
+
+def test_a_retrievers_windows_as_occurrences_fit_the_space_its_token_windows_do() -> None:
+    """The retriever fits its space from term ids in array passes (Retriever._fit_occurrences): the same space to
+    the bit as from its windows' token lists, through removals that relink sessions and memories in no session."""
+    rng = np.random.default_rng(5)
+    words = [f"w{i}" for i in range(200)]
+    items = [
+        MemoryItem(
+            id=f"m{n}",
+            memory=" ".join(str(w) for w in rng.choice(words, size=int(rng.integers(0, 9)))),
+            sequence=n + 1,
+            metadata={"session_id": f"s{n // 7}"} if n % 11 else {},
+        )
+        for n in range(600)
+    ]
+    retriever = Retriever(RetrievalConfig(exact_up_to=100))
+    retriever.add_many(items)
+    for n in range(0, 600, 13):
+        retriever.remove(f"m{n}")
+    live = np.flatnonzero(retriever._alive[: len(retriever._ids)]).astype(np.int64)
+    owner, terms, names = retriever._fit_occurrences(live)
+    windows = [retriever._window(int(s)) for s in live]
+    assert [names[t] for t in terms] == [t for w in windows for t in w]
+    assert owner.tolist() == [i for i, w in enumerate(windows) for _ in w]
+    by_tokens = fit(windows, 16)
+    by_terms = latent.fit_occurrences(owner, terms, names, len(live), 16)
+    assert by_tokens is not None and by_terms is not None
+    assert by_tokens.vocabulary == by_terms.vocabulary
+    assert list(by_tokens.vocabulary) == list(by_terms.vocabulary)
+    assert np.array_equal(by_tokens.idf, by_terms.idf)
+    assert np.array_equal(by_tokens.projection, by_terms.projection)

@@ -664,24 +664,37 @@ class Retriever:
                     columns[found] = j
             self._space_columns = (space, columns)
         columns = self._space_columns[1]
-        rows = np.arange(len(todo), dtype=np.int64)
-        parts, owners_of = [todo], [rows]
+        owner, terms = self._window_terms(todo)
+        known = terms < len(columns)
+        column = np.full(len(terms), -1, dtype=np.int64)
+        column[known] = columns[terms[known]]
+        fitted = column >= 0
+        latent.project_terms(todo, owner[fitted], column[fitted])
+
+    def _window_terms(self, slots: Ints, in_order: bool = False) -> tuple[Ints, Ints]:
+        """The windows of ``slots`` (see _window) as term occurrences: (position in ``slots``, term id) pairs. With
+        ``in_order``, sorted by position and each window's terms in _window's order; else in no particular order."""
+        rows = np.arange(len(slots), dtype=np.int64)
+        parts, owners_of = [slots], [rows]
         for links in (self._prev, self._next):
-            reached = todo
+            reached = slots
             for _ in range(self.config.latent_window):
                 reached = np.where(reached >= 0, links[reached], -1)
                 parts.append(reached)
                 owners_of.append(rows)
         sources, owners = np.concatenate(parts), np.concatenate(owners_of)
         present = sources >= 0
-        offsets, lengths = self._ranges(sources[present])
-        terms = self._flat_terms[offsets]
-        owner = np.repeat(owners[present], lengths)
-        known = terms < len(columns)
-        column = np.full(len(terms), -1, dtype=np.int64)
-        column[known] = columns[terms[known]]
-        fitted = column >= 0
-        latent.project_terms(todo, owner[fitted], column[fitted])
+        sources, owners = sources[present], owners[present]
+        if in_order:  # the parts are own, before, further before, after, further after: _window's order
+            by_owner = np.argsort(owners, kind="stable")
+            sources, owners = sources[by_owner], owners[by_owner]
+        offsets, lengths = self._ranges(sources)
+        terms: Ints = self._flat_terms[offsets].astype(np.int64)
+        return np.repeat(owners, lengths), terms
+
+    def _fit_occurrences(self, slots: Ints) -> tuple[Ints, Ints, list[str]]:
+        owner, terms = self._window_terms(slots, in_order=True)
+        return owner, terms, self._terms
 
     @property
     def unprojected(self) -> bool:
@@ -746,7 +759,7 @@ class Retriever:
         if self.latent.stale(len(self._slot)):
             live = [int(s) for s in np.flatnonzero(self._alive[: len(self._ids)])]
             small = len(live) <= self.config.exact_up_to
-            self.latent.refit(live, self._window, project=small)
+            self.latent.refit(live, self._window, project=small, occurrences=self._fit_occurrences)
             if not small and len(live) <= self.config.latent_project_limit:
                 self.project_pending()
             return
