@@ -125,6 +125,10 @@ class WorkerConfig(Section):
     boot_timeout_seconds: float = Field(default=60.0, gt=0)
     max_cached_cubes: int = Field(default=512, ge=1)
     """Cubes a worker keeps loaded (state and index); the least recently used is dropped beyond it."""
+    snapshot_seconds: float = Field(default=10.0, ge=0)
+    """At a graceful stop, a worker saves the indexes of its loaded cubes (most recently used first, those not saved
+    as they are) for up to this long, so that their next load reads them instead of rebuilding them from every
+    memory (memsched_grpc/snapshot.py). 0: no snapshots. The server waits this much longer for its workers to stop."""
 
 
 class LimitsConfig(Section):

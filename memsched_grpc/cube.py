@@ -11,12 +11,13 @@ import hashlib
 import re
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Any
 
 import lmdb
 import numpy as np
 
 from memsched.v1 import items_pb2
-from memsched_grpc import convert
+from memsched_grpc import convert, snapshot
 from memsched_grpc.encoded_log import EncodedLog
 from memsched_grpc.models import (
     CubeState,
@@ -35,7 +36,7 @@ from memsched_grpc.retrieval.retriever import Retriever
 from memsched_grpc.retrieval.settings import RetrievalConfig
 from memsched_grpc.retrieval.tokenizer import tokenize
 from memsched_grpc.store import keys
-from memsched_grpc.store.cubes import USAGE_CHUNK, USAGE_DTYPE, CubeTables
+from memsched_grpc.store.cubes import USAGE_CHUNK, USAGE_DTYPE, CubeTables, usage_count
 from memsched_grpc.term_index import TermIndex
 
 STORED_TYPES = (MemoryType.LONG_TERM, MemoryType.USER)
@@ -82,6 +83,12 @@ class Cube:
         self._usage_changed: set[int] = set()
         self._unwritten_logs: list[EncodedLog] = []
         """This message's log items, for write_history."""
+        self._saved_retriever: tuple[str, dict[str, Any]] | None = None
+        """The retriever of the snapshot the cube was loaded from (its config as JSON, its state), until retriever()
+        restores it or, for another config, builds one from the records."""
+        self.saved = False
+        """A snapshot of the cube as it is now is stored: it was loaded from one, or one was written since, and its
+        memories have not changed since (see memsched_grpc/snapshot.py)."""
         self._loaded: list[MemoryItem] | None = None
         """The memories as load() read them, while they are current and the message that loaded the cube runs: a
         cube's first query builds its retriever from them instead of reading and parsing every record again (0.13 s
@@ -102,15 +109,44 @@ class Cube:
         cube = cls(tables, state, capacities, history_keep)
         stored = tables.load_usage(txn, key)
         tables.page_in_history(key)
-        items = [item for memory_type in STORED_TYPES for item in tables.iter_memories(txn, key, memory_type, stored)]
-        for item in items:
-            cube._remember(item)
-        cube._loaded = items
+        raw = tables.get_snapshot(txn, key)
+        saved = None if raw is None else snapshot.decode(raw, state.long_term_size + state.user_size)
+        if saved is not None:
+            cube._restore(saved, stored)
+        else:
+            items = [item for t in STORED_TYPES for item in tables.iter_memories(txn, key, t, stored)]
+            for item in items:
+                cube._remember(item)
+            cube._loaded = items
         cube._usage = {chunk: np.frombuffer(raw, USAGE_DTYPE).copy() for chunk, raw in stored.items()}
         for entry in cube.entries.values():  # counts still in records join their array at its next write
             if entry.sequence:
                 cube._set_usage(entry.sequence, entry.usage_count, changed=False)
         return cube
+
+    def _restore(self, saved: snapshot.CubeSnapshot, stored: dict[int, bytes]) -> None:
+        """Take the entries and indexes from a snapshot instead of building them from the records; use counts
+        come from the usage arrays, as iter_memories gives them to a load from the records."""
+        self.entries = saved.entries
+        self.terms = saved.terms
+        self.by_fingerprint = saved.by_fingerprint
+        self.last_sequence = saved.last_sequence
+        self._saved_retriever = saved.retriever
+        for entry in self.entries.values():
+            if entry.sequence:
+                chunk, index = divmod(entry.sequence, USAGE_CHUNK)
+                entry.usage_count = usage_count(stored.get(chunk), index, entry.usage_count)
+        self.saved = True
+
+    def snapshot(self) -> bytes:
+        """The cube's entries and indexes as a snapshot (memsched_grpc/snapshot.py), for the next load."""
+        retriever = self._retriever
+        state = self._saved_retriever
+        if retriever is not None:
+            state = (retriever.config.model_dump_json(), retriever.export_state())
+        return snapshot.encode(
+            snapshot.CubeSnapshot(self.entries, self.terms, self.by_fingerprint, self.last_sequence, state)
+        )
 
     # reading
     def _tx(self) -> lmdb.Transaction:
@@ -141,6 +177,10 @@ class Cube:
         cube cache does not; from then on every put and archive keeps it current.
         """
         if self._retriever is None or (self._retriever.config is not config and self._retriever.config != config):
+            saved, self._saved_retriever = self._saved_retriever, None
+            if saved is not None and saved[0] == config.model_dump_json():
+                self._retriever = Retriever.restore(config, components(config).embedder, saved[1])
+                return self._retriever
             retriever = Retriever(config, components(config).embedder)
             items = self._loaded
             self._loaded = None
@@ -209,6 +249,7 @@ class Cube:
         if entry.sequence:
             self._set_usage(entry.sequence, entry.usage_count)  # written by save(), once per chunk and message
         else:
+            self.saved = False
             self.tables.put_memory(self._tx(), self.key, item)  # stored before sequence numbers: counted in its record
         return item
 
@@ -238,6 +279,7 @@ class Cube:
         if item is None:
             return None
         self._loaded = None
+        self.saved = False
         entry = self.entries.pop(memory_id)
         self.by_fingerprint.pop(entry.fingerprint, None)
         self.terms.remove(memory_id, entry.tokens)
@@ -334,6 +376,7 @@ class Cube:
 
     def _remember(self, item: MemoryItem, known_tokens: list[str] | None = None) -> None:
         self._loaded = None
+        self.saved = False
         fingerprint = text_fingerprint(item.memory)
         old = self.entries.get(item.id)
         same_text = old is not None and old.fingerprint == fingerprint  # a usage count or metadata changed

@@ -136,7 +136,7 @@ class MemScheduler:
         left = self.dispatcher.wait_all_idle(drain_seconds)
         if left:
             log.warning("stopping with %d accepted items unfinished; they run at the next start", left)
-        self.dispatcher.stop(timeout=10.0)
+        self.dispatcher.stop(timeout=10.0 + self.settings.workers.snapshot_seconds)
         for session in list(self._sessions):
             session.abort()
         self.feed.close_all()

@@ -357,6 +357,7 @@ class Worker:
                 self.settings.storage.history_per_cube,
             )
             self.cubes[cube_key] = cube
+            log.debug("cube %r loaded from its %s", cube_key, "snapshot" if cube.saved else "records")
             while len(self.cubes) > self.settings.workers.max_cached_cubes:
                 self._drop_cube(next(iter(self.cubes)))
             gc.freeze()
@@ -371,7 +372,34 @@ class Worker:
             gc.unfreeze()
 
     def close(self) -> None:
+        self.save_snapshots(self.settings.workers.snapshot_seconds)
         self.shards.close()
+
+    def save_snapshots(self, seconds: float) -> int:
+        """Store a snapshot of each loaded cube not saved as it is, most recently used first, for up to ``seconds``
+        (a 10k-memory cube: ~0.1 s); returns how many were stored. Each commits on its own: a stop cut short keeps
+        those written."""
+        deadline = time.monotonic() + seconds
+        written = 0
+        for cube_key, cube in reversed(self.cubes.items()):
+            if time.monotonic() >= deadline:
+                break
+            if cube.saved:
+                continue
+            try:
+                self._store_snapshot(cube_key, cube)
+            except (StorageError, lmdb.Error, OSError):
+                log.warning("could not store the snapshot of a cube; it loads from its records", exc_info=True)
+                continue
+            cube.saved = True
+            written += 1
+        if written:
+            log.info("stored snapshots of %d cubes", written)
+        return written
+
+    def _store_snapshot(self, cube_key: bytes, cube: Cube) -> None:
+        tables = self.shards.tables(self.shards.shard_of(cube.state.user_id, cube.state.mem_cube_id))
+        tables.put_snapshot(cube_key, cube.snapshot())
 
 
 def _collect_garbage() -> None:

@@ -342,6 +342,25 @@ class Retriever:
         self._has_vector = np.zeros(cap, dtype=bool)
         self._lexicon: Lexicon | None = bundled() if config.lexicon else None
 
+    _DERIVED = ("config", "embedder", "_lexicon", "_posting_arrays", "_space_columns")
+    """Attributes export_state leaves out: given anew (config, embedder), shared by the process (lexicon), or caches
+    that fill again as queries read them."""
+
+    def export_state(self) -> dict[str, Any]:
+        """Everything the index learned from its memories, for a snapshot (memsched_grpc/snapshot.py); restore()
+        makes a retriever equal to this one from it."""
+        return {name: value for name, value in vars(self).items() if name not in self._DERIVED}
+
+    @classmethod
+    def restore(cls, config: RetrievalConfig, embedder: Embedder | None, state: dict[str, Any]) -> Retriever:
+        """The retriever export_state() described, for ``config`` (the one it was built with)."""
+        retriever = cls(config, embedder)
+        missing = set(vars(retriever)) - set(state) - set(cls._DERIVED)
+        if missing:
+            raise ValueError(f"retriever state lacks {sorted(missing)}")
+        vars(retriever).update(state)
+        return retriever
+
     def __len__(self) -> int:
         return len(self._slot)
 

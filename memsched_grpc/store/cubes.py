@@ -11,6 +11,8 @@ their count in their record; a record's count is also the count until its cube's
 
 from __future__ import annotations
 
+import hashlib
+import os
 import struct
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,7 +26,7 @@ from memsched_grpc.models import CubeState, LogItem, MemoryItem, MemoryType
 from memsched_grpc.store import keys
 from memsched_grpc.store.environment import Environment, as_bytes
 
-DB_NAMES = ("memory", "cube", "history", "archive", "done", "usage")
+DB_NAMES = ("memory", "cube", "history", "archive", "done", "usage", "snapshot")
 USAGE_CHUNK = 16_384
 """Use counts per stored array: a 10k-memory cube's counts are one contiguous 40 KB value."""
 USAGE_DTYPE = np.dtype("<u4")
@@ -49,6 +51,7 @@ class CubeTables:
         self._archive = env.dbs["archive"]
         self._done = env.dbs["done"]
         self._usage = env.dbs["usage"]
+        self._snapshot = env.dbs["snapshot"]
 
     @classmethod
     def open(cls, data_dir: Path, shard: int, map_size: int, sync: bool) -> CubeTables:
@@ -76,7 +79,7 @@ class CubeTables:
         if item is not None and item.sequence:
             chunk, index = divmod(item.sequence, USAGE_CHUNK)
             counts = txn.get(keys.usage_key(cube, chunk), db=self._usage)
-            item.usage_count = _count(None if counts is None else as_bytes(counts), index, item.usage_count)
+            item.usage_count = usage_count(None if counts is None else as_bytes(counts), index, item.usage_count)
         return item
 
     def memory_record(
@@ -94,9 +97,11 @@ class CubeTables:
 
     def put_memory(self, txn: lmdb.Transaction, cube: bytes, item: MemoryItem) -> None:
         txn.put(keys.memory_key(cube, item.memory_type, item.id), item.model_dump_json().encode(), db=self._memory)
+        self.drop_snapshot(txn, cube)
 
     def delete_memory(self, txn: lmdb.Transaction, cube: bytes, memory_type: MemoryType, memory_id: str) -> None:
         txn.delete(keys.memory_key(cube, memory_type, memory_id), db=self._memory)
+        self.drop_snapshot(txn, cube)
 
     def iter_memories(
         self, txn: lmdb.Transaction, cube: bytes, memory_type: MemoryType, usage: dict[int, bytes] | None = None
@@ -108,16 +113,68 @@ class CubeTables:
             item = MemoryItem.model_validate_json(raw)
             if item.sequence:
                 chunk, index = divmod(item.sequence, USAGE_CHUNK)
-                item.usage_count = _count(usage.get(chunk), index, item.usage_count)
+                item.usage_count = usage_count(usage.get(chunk), index, item.usage_count)
             yield item
 
     def archive_memory(self, txn: lmdb.Transaction, cube: bytes, item: MemoryItem) -> None:
         """Evicted memories stay retrievable here, keyed like live ones."""
         txn.put(keys.memory_key(cube, item.memory_type, item.id), item.model_dump_json().encode(), db=self._archive)
+        self.drop_snapshot(txn, cube)
 
     def iter_archive(self, txn: lmdb.Transaction, cube: bytes, memory_type: MemoryType) -> Iterator[MemoryItem]:
         for raw in _values_with_prefix(txn, self._archive, keys.memory_prefix(cube, memory_type)):
             yield MemoryItem.model_validate_json(raw)
+
+    # snapshots of a loaded cube's indexes (memsched_grpc/snapshot.py)
+    def get_snapshot(self, txn: lmdb.Transaction, cube: bytes) -> bytes | None:
+        """The cube's snapshot, if one is stored and no write of its memories came after it.
+
+        A snapshot is a file of its own (megabytes: LMDB's map, opened for random reads, faults a large value in a
+        page at a time, 0.27 s for 15 MB against 0.02 s for a plain read); the table holds a random token per cube,
+        which the file starts with. Writing the file, then the token, and deleting the token with every write of
+        the cube's memories (put_memory, delete_memory, archive_memory, in their transaction) means a file counts
+        only while no such write was committed after it, crash or not."""
+        token = txn.get(cube, db=self._snapshot)
+        if token is None:
+            return None
+        try:
+            data = self._snapshot_path(cube).read_bytes()
+        except OSError:
+            return None
+        return data[len(token) :] if data.startswith(as_bytes(token)) else None
+
+    def put_snapshot(self, cube: bytes, data: bytes) -> None:
+        """Store ``data`` as the cube's snapshot: the file first (written aside, synced, renamed over the last one),
+        then its token, in a transaction of its own."""
+        token = os.urandom(16)
+        path = self._snapshot_path(cube)
+        path.parent.mkdir(exist_ok=True)
+        aside = path.with_suffix(".tmp")
+        with open(aside, "wb") as f:
+            f.write(token)
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(aside, path)
+        directory = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
+
+        def put(txn: lmdb.Transaction) -> None:
+            txn.put(cube, token, db=self._snapshot)
+
+        self.env.write(put)
+
+    def drop_snapshot(self, txn: lmdb.Transaction, cube: bytes) -> None:
+        """Called by every write of the cube's memories, in its transaction: a snapshot holds the memories as they
+        were when it was written, and must not outlive a change to them (its file stays until the next one
+        replaces it, and counts for nothing meanwhile)."""
+        txn.delete(cube, db=self._snapshot)
+
+    def _snapshot_path(self, cube: bytes) -> Path:
+        return self.env.path / "snapshots" / f"{hashlib.blake2b(cube, digest_size=16).hexdigest()}.snap"
 
     # use counts
     def load_usage(self, txn: lmdb.Transaction, cube: bytes) -> dict[int, bytes]:
@@ -236,7 +293,7 @@ class CubeTables:
                 break
 
 
-def _count(counts: bytes | None, index: int, recorded: int) -> int:
+def usage_count(counts: bytes | None, index: int, recorded: int) -> int:
     """A memory's use count from its chunk's array, or ``recorded`` (its record's) where the array does not reach."""
     size = USAGE_DTYPE.itemsize
     if counts is None or size * (index + 1) > len(counts):
