@@ -119,7 +119,12 @@ def copy_cold(source: Path, target: Path) -> None:
     data dir, 300 queries; bench/RESULTS.md). A server that wrote its own data dir does not meet it in that state (one
     restored from a copy would, until the copy's pages leave the cache)."""
     shutil.copytree(source, target)
-    for path in target.rglob("*"):
+    drop_from_cache(target)
+
+
+def drop_from_cache(directory: Path) -> None:
+    """Write back and drop every file under ``directory`` from the page cache: read next as after a reboot."""
+    for path in directory.rglob("*"):
         if path.is_file():
             fd = os.open(path, os.O_RDONLY)
             try:

@@ -18,6 +18,10 @@ fastest way in) and cached under ``--cache`` (default /tmp/memsched-bench-cache)
 temporary dir, so runs do not see each other's changes, and drops the copy from the page cache (common.copy_cold:
 the server meets its pages as after a restart). ``--rebuild`` builds it again.
 
+At the end the server stops gracefully (its workers store snapshots of the cubes they hold, memsched_grpc/snapshot.py;
+the stop is timed), the data dir is dropped from the page cache, and a server started on it is warmed up again: the
+warm-up after a graceful restart, against the first one's from the records.
+
     python -m bench.query_latency [--cubes 100] [--items 10000] [--queries 300]
 """
 
@@ -46,6 +50,7 @@ from bench.common import (
     MemschedConfig,
     aio_channel,
     copy_cold,
+    drop_from_cache,
     header,
     item,
     percentile,
@@ -75,7 +80,9 @@ def probe_token(cube: int, j: int) -> str:
 def build(data_dir: Path, cubes: int, per_cube: int, workers: int) -> None:
     """Fill ``data_dir`` with ``cubes`` cubes of ``per_cube`` memories, PROBES of which carry probe tokens."""
     corpus = Corpus(seed=BUILD_SEED)
-    server = Memsched(MemschedConfig(workers=workers, max_backlog=100_000), data_dir=data_dir)
+    # no snapshots in the cache: the first warm-up of a run loads every cube from its records
+    cfg = MemschedConfig(workers=workers, max_backlog=100_000, extra={"workers": {"snapshot_seconds": 0}})
+    server = Memsched(cfg, data_dir=data_dir)
     started = time.perf_counter()
     try:
         channel = grpc.insecure_channel(server.address, options=[("grpc.max_send_message_length", 64 << 20)])
@@ -288,6 +295,22 @@ def main() -> None:
                 timed_queries(server.address, args.cubes, args.queries, offset, args.timeout)
             )
             load_out, _ = load.communicate(timeout=load_seconds + 120)
+        finally:
+            t0 = time.perf_counter()
+            server.stop(timeout=120)
+        snapshots = len(list((work / "data").glob("shards/*/snapshots/*.snap")))
+        print(f"graceful stop: {time.perf_counter() - t0:.1f} s; {snapshots} cube snapshot files", flush=True)
+        drop_from_cache(work / "data")
+        server = Memsched(MemschedConfig(workers=args.workers, max_backlog=100_000), data_dir=work / "data")
+        try:
+            t0 = time.perf_counter()
+            slowest = asyncio.run(warm(server.address, args.cubes))
+            print(
+                f"warm-up after a graceful restart (cubes load from their snapshots; page cache dropped): "
+                f"{time.perf_counter() - t0:.1f} s for {args.cubes} cubes, slowest {slowest * 1000:.0f} ms; "
+                f"server+workers RSS {server.rss() / 2**20:,.0f} MiB",
+                flush=True,
+            )
         finally:
             server.stop(timeout=120)
     finally:
