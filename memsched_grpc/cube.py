@@ -138,6 +138,12 @@ class Cube:
                 entry.usage_count = usage_count(stored.get(chunk), index, entry.usage_count)
         self.saved = True
 
+    def _memories_changed(self) -> None:
+        """The stored snapshot is stale now, and so is a saved retriever state not restored yet (retriever() builds
+        from the records instead, and the next snapshot holds none)."""
+        self.saved = False
+        self._saved_retriever = None
+
     def snapshot(self) -> bytes:
         """The cube's entries and indexes as a snapshot (memsched_grpc/snapshot.py), for the next load."""
         retriever = self._retriever
@@ -279,7 +285,7 @@ class Cube:
         if item is None:
             return None
         self._loaded = None
-        self.saved = False
+        self._memories_changed()
         entry = self.entries.pop(memory_id)
         self.by_fingerprint.pop(entry.fingerprint, None)
         self.terms.remove(memory_id, entry.tokens)
@@ -376,7 +382,7 @@ class Cube:
 
     def _remember(self, item: MemoryItem, known_tokens: list[str] | None = None) -> None:
         self._loaded = None
-        self.saved = False
+        self._memories_changed()
         fingerprint = text_fingerprint(item.memory)
         old = self.entries.get(item.id)
         same_text = old is not None and old.fingerprint == fingerprint  # a usage count or metadata changed

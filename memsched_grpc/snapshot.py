@@ -78,7 +78,7 @@ def decode(raw: bytes, memories: int) -> CubeSnapshot | None:
     memories (the count the cube's state records)."""
     head = len(_MAGIC) + 16
     if raw[: len(_MAGIC)] != _MAGIC or raw[len(_MAGIC) : head] != code_digest():
-        log.info("cube snapshot written by other code; building the cube from its records")
+        log.debug("cube snapshot written by other code; building the cube from its records")
         return None
     try:
         snapshot = pickle.loads(raw[head:])

@@ -136,6 +136,33 @@ def test_a_memory_written_after_the_snapshot_voids_it(tables: CubeTables, reads:
     assert top == (False, [("m5", pytest.approx(top[1][0][1]))])
 
 
+def test_a_memory_written_before_the_first_query_is_in_the_retriever_now_and_after_the_next_stop(
+    tables: CubeTables, reads: list[int]
+) -> None:
+    """A cube loaded from its snapshot keeps the retriever's saved state until a query asks for it; a write before
+    that makes the saved state stale, for this cube and for the snapshot a stop stores next."""
+    _fill(tables)
+    _save(tables)
+
+    def add_then_look(cube: Cube) -> tuple[Any, bytes]:
+        cube.put(MemoryItem(id="new", memory="a zeppelin ride over the bay", metadata={"session_id": "s9"}))
+        return cube.retriever(CONFIG).rank("zeppelin").top(1), cube.snapshot()
+
+    top, data = _in_cube(tables, add_then_look)
+    assert top[0][0] == "new"
+    tables.put_snapshot(KEY, data)  # what the worker's stop stores
+    reads.clear()
+    assert _in_cube(tables, lambda cube: cube.retriever(CONFIG).rank("zeppelin").top(1))[0][0] == "new"
+    assert reads == []
+
+    def add_only(cube: Cube) -> bytes:  # no query at all before the stop
+        cube.put(MemoryItem(id="newer", memory="a balloon ride over the hills", metadata={"session_id": "s9"}))
+        return cube.snapshot()
+
+    tables.put_snapshot(KEY, _in_cube(tables, add_only))
+    assert _in_cube(tables, lambda cube: cube.retriever(CONFIG).rank("balloon").top(1))[0][0] == "newer"
+
+
 def test_every_write_of_a_memory_deletes_the_token_in_its_transaction(tables: CubeTables) -> None:
     _fill(tables)
     memory = MemoryItem(id="m1", memory="talked about pottery number 1")
