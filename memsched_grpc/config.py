@@ -128,7 +128,9 @@ class WorkerConfig(Section):
     snapshot_seconds: float = Field(default=10.0, ge=0)
     """At a graceful stop, a worker saves the indexes of its loaded cubes (most recently used first, those not saved
     as they are) for up to this long, so that their next load reads them instead of rebuilding them from every
-    memory (memsched_grpc/snapshot.py). 0: no snapshots. The server waits this much longer for its workers to stop."""
+    memory (memsched_grpc/snapshot.py): ~0.1 s against ~1 s for a 10k-memory cube. A snapshot takes ~1.5 KB a memory
+    on disk (a 10k cube ~15 MB, in the shard's ``snapshots`` directory) and takes ~0.1 s to store. 0: no snapshots.
+    The server waits this much longer for its workers to stop."""
 
 
 class LimitsConfig(Section):

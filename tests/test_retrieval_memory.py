@@ -8,9 +8,11 @@ from collections import Counter
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from memsched_grpc.models import MemoryItem
-from memsched_grpc.retrieval.retriever import Retriever
+from memsched_grpc.retrieval.retriever import TIME_MENTION, Retriever, has_digit, mentions_time
 from memsched_grpc.retrieval.settings import RetrievalConfig
 from memsched_grpc.retrieval.tokenizer import tokenize
 from tests.lexical_reference import LexicalIndex
@@ -140,3 +142,47 @@ def test_tokens_the_caller_holds_index_a_memory_as_tokenizing_it_again() -> None
         assert got.top(60) == expected.top(60)
         assert got.score_map() == expected.score_map()
     assert handed.rank("canoe").top(1)[0][0] == "c0"  # the caption's words are indexed
+
+
+_PIECES = st.sampled_from(
+    [
+        "last",
+        "LAST",
+        "Next",
+        "week",
+        "weekEND",
+        "Yesterday",
+        "since",
+        "ago",
+        "ToNiGhT",
+        "this",
+        "summer",
+        " ",
+        "  ",
+        "\t",
+        "\n",
+        ".",
+        ",",
+        "7",
+        "0",
+        "a",
+        "Z",
+        "_",
+        "'",
+        "\u017fince",
+        "thİs",
+        "\u212aago",
+        "²",
+        "\u0663",
+        "é",
+        "\u00a0",
+    ]
+)
+
+
+@given(st.lists(_PIECES, max_size=12).map("".join))
+def test_the_fast_paths_of_the_text_priors_decide_as_the_plain_checks(text: str) -> None:
+    """mentions_time and has_digit lowercase or narrow ASCII text only; Unicode case folding (the long s, a dotted
+    capital I, the Kelvin sign) and Unicode digits take the plain checks' path."""
+    assert mentions_time(text) == (TIME_MENTION.search(text) is not None)
+    assert has_digit(text) == any(map(str.isdigit, text))

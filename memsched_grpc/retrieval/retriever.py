@@ -143,6 +143,25 @@ TIME_MENTION = re.compile(
     r"|(?:last|next|this)\s+(?:week|weekend|month|year|night|time|morning|summer|winter|spring|fall))\b",
     re.IGNORECASE,
 )
+_TIME_MENTION_CASED = re.compile(TIME_MENTION.pattern)
+_ASCII_DIGIT = re.compile(r"[0-9]")
+
+
+def mentions_time(text: str) -> bool:
+    """``TIME_MENTION.search(text)``, twice as fast on ASCII text, where matching the lowercased text case-sensitively
+    is the same match: every memory is checked when a cube is built from its records."""
+    if text.isascii():
+        return _TIME_MENTION_CASED.search(text.lower()) is not None
+    return TIME_MENTION.search(text) is not None
+
+
+def has_digit(text: str) -> bool:
+    """``any(map(str.isdigit, text))``, ~4x faster on ASCII text, whose only digits are 0-9."""
+    if text.isascii():
+        return _ASCII_DIGIT.search(text) is not None
+    return any(map(str.isdigit, text))
+
+
 FIRST_PERSON = frozenset(
     ["i", "i'm", "i've", "i'd", "i'll", "my", "me", "mine", "myself", "we", "we're", "we've", "our", "us"]
 )
@@ -448,7 +467,7 @@ class Retriever:
         tokens = list(memory_tokens) if memory_tokens is not None and text == item.memory else tokenize(text)
         self._length[slot] = math.log1p(len(tokens)) / LENGTH_SCALE
         self._token_count[slot] = len(tokens)
-        self._time_mention[slot] = 1.0 if TIME_MENTION.search(item.memory) else 0.0
+        self._time_mention[slot] = 1.0 if mentions_time(item.memory) else 0.0
         self._priors[slot] = self._prior_row(item.memory)
         self.latent.changed()
         df = self._df
@@ -746,7 +765,7 @@ class Retriever:
             sum(map(SECOND_PERSON.__contains__, said)) / count,
             1.0 if text.rstrip().endswith("?") else 0.0,
             min(names, NAMES_CAP) / NAMES_CAP,
-            1.0 if any(map(str.isdigit, text)) else 0.0,
+            1.0 if has_digit(text) else 0.0,
         ]
 
     def _reach(self, before: int, after: int) -> list[int]:
