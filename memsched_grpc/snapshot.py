@@ -3,7 +3,7 @@
 Loading a cube builds its entries, term index and retriever from every memory record: ~0.9 s for a 10k-memory
 cube (reading and parsing the records, tokenizing, indexing each memory in Python, fitting the latent space), paid
 by the first query of every cube after each restart. A worker that stops gracefully saves what it built; the next
-load reads it back in a few tens of milliseconds instead.
+load reads it back instead (~0.1 s for a 10k cube whose pages are not cached: ~15 MB read, ~50 ms to unpickle).
 
 A snapshot is only ever the cube's memories as committed:
 - it is written from a cube the worker holds, which equals what is committed (a rolled-back transaction drops the

@@ -119,22 +119,22 @@ def fit_occurrences(
     order = present[np.argsort(first, kind="stable")]
     column = np.zeros(int(present[-1]) + 1, dtype=np.int64)
     column[order] = np.arange(len(order), dtype=np.int64)
-    width_v = len(order)
-    cells, tf = np.unique(owner * width_v + column[terms], return_counts=True)
-    rows, columns = cells // width_v, cells % width_v
-    df = np.bincount(columns, minlength=width_v).astype(np.float64)
+    size = len(order)
+    cells, tf = np.unique(owner * size + column[terms], return_counts=True)
+    rows, columns = cells // size, cells % size
+    df = np.bincount(columns, minlength=size).astype(np.float64)
     idf = np.log((documents + 1.0) / (df + 1.0)) + 1.0
     values = (1.0 + np.log(tf)) * idf[columns]
     norms = np.sqrt(np.bincount(rows, weights=values * values, minlength=documents))
     values /= np.where(norms > 0, norms, 1.0)[rows]
-    matrix = sparse.csr_array((values, (rows, columns)), shape=(documents, width_v))
+    matrix = sparse.csr_array((values, (rows, columns)), shape=(documents, size))
     transposed = matrix.T.tocsr()
-    k = min(dimensions, documents - 1, width_v - 1)
+    k = min(dimensions, documents - 1, size - 1)
     if k < 1:
         return None
-    width = min(k + OVERSAMPLE, documents, width_v)
+    width = min(k + OVERSAMPLE, documents, size)
     rng = np.random.default_rng(seed)
-    q, _ = np.linalg.qr(matrix @ rng.standard_normal((width_v, width)))
+    q, _ = np.linalg.qr(matrix @ rng.standard_normal((size, width)))
     for _ in range(POWER_ITERATIONS):
         z, _ = np.linalg.qr(transposed @ q)
         q, _ = np.linalg.qr(matrix @ z)
