@@ -230,6 +230,16 @@ async def warm(address: str, cubes: int) -> float:
     return slowest
 
 
+def warm_up(server: Memsched, cubes: int, what: str) -> None:
+    t0 = time.perf_counter()
+    slowest = asyncio.run(warm(server.address, cubes))
+    print(
+        f"{what}: {time.perf_counter() - t0:.1f} s for {cubes} cubes, slowest {slowest * 1000:.0f} ms; "
+        f"server+workers RSS {server.rss() / 2**20:,.0f} MiB",
+        flush=True,
+    )
+
+
 def report(name: str, timings: list[Timing], missed: int) -> None:
     rows = (
         ("to scheduleMemory log", [t.to_log for t in timings], str(missed)),
@@ -273,14 +283,7 @@ def main() -> None:
         copy_cold(cached / "data", work / "data")
         server = Memsched(MemschedConfig(workers=args.workers, max_backlog=100_000), data_dir=work / "data")
         try:
-            t0 = time.perf_counter()
-            slowest = asyncio.run(warm(server.address, args.cubes))
-            print(
-                f"warm-up: first query of each cube (loads it into its worker): {time.perf_counter() - t0:.1f} s "
-                f"for {args.cubes} cubes, slowest {slowest * 1000:.0f} ms; server+workers RSS "
-                f"{server.rss() / 2**20:,.0f} MiB",
-                flush=True,
-            )
+            warm_up(server, args.cubes, "warm-up: first query of each cube (loads it into its worker)")
             idle, idle_missed = asyncio.run(timed_queries(server.address, args.cubes, args.queries, 1, args.timeout))
             load_seconds = args.load_seconds or max(30.0, args.queries * 0.1 + 10)
             load = subprocess.Popen(
@@ -303,14 +306,7 @@ def main() -> None:
         drop_from_cache(work / "data")
         server = Memsched(MemschedConfig(workers=args.workers, max_backlog=100_000), data_dir=work / "data")
         try:
-            t0 = time.perf_counter()
-            slowest = asyncio.run(warm(server.address, args.cubes))
-            print(
-                f"warm-up after a graceful restart (cubes load from their snapshots; page cache dropped): "
-                f"{time.perf_counter() - t0:.1f} s for {args.cubes} cubes, slowest {slowest * 1000:.0f} ms; "
-                f"server+workers RSS {server.rss() / 2**20:,.0f} MiB",
-                flush=True,
-            )
+            warm_up(server, args.cubes, "warm-up after a graceful restart (from the snapshots; page cache dropped)")
         finally:
             server.stop(timeout=120)
     finally:

@@ -19,7 +19,10 @@ import yaml
 
 from memsched.v1 import items_pb2, scheduler_pb2, scheduler_pb2_grpc
 from memsched_grpc.config import load_settings
+from memsched_grpc.cube import Cube
+from memsched_grpc.models import MemoryCapacities
 from memsched_grpc.server import SchedulerServer
+from memsched_grpc.store.cubes import CubeTables
 
 ROOT = Path(__file__).resolve().parent.parent
 TEST_HANDLERS = {
@@ -227,3 +230,24 @@ def server_process(tmp_path: Path, record_dir: Path) -> Iterator[Any]:
         if p.proc is not None and p.proc.poll() is None:
             os.killpg(p.proc.pid, signal.SIGKILL)
             p.proc.wait(10)
+
+
+@pytest.fixture
+def tables(tmp_path: Path) -> Iterator[CubeTables]:
+    """One shard's tables over a real LMDB dir, for tests that drive a Cube without a worker."""
+    tables = CubeTables.open(tmp_path, 0, 64 << 20, True)
+    yield tables
+    tables.env.close()
+
+
+def in_cube(tables: CubeTables, fn: Any) -> Any:
+    """``fn(cube)`` on cube u1/c1 as a worker's first message sees it: loaded in this transaction, saved after."""
+
+    def write(txn: Any) -> Any:
+        cube = Cube.load(tables, txn, "u1", "c1", MemoryCapacities(), 100)
+        cube.txn = txn
+        out = fn(cube)
+        cube.save()
+        return out
+
+    return tables.env.write(write)

@@ -4,39 +4,19 @@ kept once the loading message is over. Driven over a real LMDB dir."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from memsched_grpc.cube import Cube
-from memsched_grpc.models import MemoryCapacities, MemoryItem
+from memsched_grpc.models import MemoryItem
 from memsched_grpc.retrieval.settings import RetrievalConfig
 from memsched_grpc.store.cubes import CubeTables
+from tests.conftest import in_cube
 
 TOPICS = ["hiking", "pottery", "guitar", "sourdough", "chess", "kayak", "violin", "garden"]
 QUERIES = ["hiking trip", "sourdough and pottery", "violin lessons", "kayak garden chess"]
 CONFIG = RetrievalConfig()
-
-
-@pytest.fixture
-def tables(tmp_path: Path) -> Any:
-    tables = CubeTables.open(tmp_path, 0, 64 << 20, True)
-    yield tables
-    tables.env.close()
-
-
-def _in_cube(tables: CubeTables, fn: Any) -> Any:
-    """``fn(cube)`` on the cube as a worker's first message sees it: loaded in this transaction."""
-
-    def write(txn: Any) -> Any:
-        cube = Cube.load(tables, txn, "u1", "c1", MemoryCapacities(), 100)
-        cube.txn = txn
-        out = fn(cube)
-        cube.save()
-        return out
-
-    return tables.env.write(write)
 
 
 def _fill(tables: CubeTables) -> None:
@@ -49,7 +29,7 @@ def _fill(tables: CubeTables) -> None:
                 )
             )
 
-    _in_cube(tables, put)
+    in_cube(tables, put)
 
 
 def _rankings(cube: Cube) -> list[tuple[list[tuple[str, float]], dict[str, float]]]:
@@ -66,7 +46,7 @@ def test_the_first_retriever_is_built_from_the_loaded_records_and_ranks_as_a_sec
         cube.message_done()  # the loaded records are dropped: the retriever reads every record again
         return _rankings(cube)
 
-    expected = _in_cube(tables, reread)
+    expected = in_cube(tables, reread)
     reads = 0
     iter_memories = CubeTables.iter_memories
 
@@ -76,7 +56,7 @@ def test_the_first_retriever_is_built_from_the_loaded_records_and_ranks_as_a_sec
         return iter_memories(self, *args, **kwargs)
 
     monkeypatch.setattr(CubeTables, "iter_memories", counted)
-    assert _in_cube(tables, _rankings) == expected
+    assert in_cube(tables, _rankings) == expected
     assert reads == 2  # the load's two partitions, and no second read
 
 
@@ -88,7 +68,7 @@ def test_a_memory_put_before_the_build_is_in_the_first_retriever(tables: CubeTab
         retriever = cube.retriever(CONFIG)
         return retriever.rank("zeppelin").top(1), len(retriever)
 
-    top, size = _in_cube(tables, put_then_rank)
+    top, size = in_cube(tables, put_then_rank)
     assert top[0][0] == "new" and size == 81
 
 
@@ -100,4 +80,4 @@ def test_a_memory_archived_before_the_build_is_not_in_the_first_retriever(tables
         retriever = cube.retriever(CONFIG)
         return "m1" in retriever, len(retriever)
 
-    assert _in_cube(tables, archive_then_look) == (False, 79)
+    assert in_cube(tables, archive_then_look) == (False, 79)

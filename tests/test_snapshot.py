@@ -4,7 +4,6 @@ Over a real LMDB dir here; through a real server's graceful stop, restart and cr
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -18,19 +17,12 @@ from memsched_grpc.models import MemoryCapacities, MemoryItem
 from memsched_grpc.retrieval.settings import RetrievalConfig
 from memsched_grpc.store import keys
 from memsched_grpc.store.cubes import CubeTables
-from tests.conftest import item
+from tests.conftest import in_cube, item
 
 TOPICS = ["hiking", "pottery", "guitar", "sourdough", "chess", "kayak", "violin", "garden"]
 QUERIES = ["hiking trip", "sourdough and pottery", "violin lessons", "kayak garden chess"]
 CONFIG = RetrievalConfig(exact_up_to=50)  # past it: the bounded query path and lazily projected latent vectors
 KEY = keys.cube_key("u1", "c1")
-
-
-@pytest.fixture
-def tables(tmp_path: Path) -> Any:
-    tables = CubeTables.open(tmp_path, 0, 64 << 20, True)
-    yield tables
-    tables.env.close()
 
 
 @pytest.fixture
@@ -47,19 +39,6 @@ def reads(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     return counted
 
 
-def _in_cube(tables: CubeTables, fn: Any) -> Any:
-    """``fn(cube)`` on the cube as a worker's first message sees it: loaded in this transaction."""
-
-    def write(txn: Any) -> Any:
-        cube = Cube.load(tables, txn, "u1", "c1", MemoryCapacities(), 100)
-        cube.txn = txn
-        out = fn(cube)
-        cube.save()
-        return out
-
-    return tables.env.write(write)
-
-
 def _fill(tables: CubeTables, count: int = 120) -> None:
     def put(cube: Cube) -> None:
         for n in range(count):
@@ -71,7 +50,7 @@ def _fill(tables: CubeTables, count: int = 120) -> None:
             )
         cube.retriever(CONFIG)
 
-    _in_cube(tables, put)
+    in_cube(tables, put)
 
 
 def _save(tables: CubeTables) -> None:
@@ -81,7 +60,7 @@ def _save(tables: CubeTables) -> None:
         cube.retriever(CONFIG)
         return cube.snapshot()
 
-    tables.put_snapshot(KEY, _in_cube(tables, snap))
+    tables.put_snapshot(KEY, in_cube(tables, snap))
 
 
 def _look(cube: Cube) -> Any:
@@ -106,12 +85,12 @@ def _equal_states(a: dict[str, Any], b: dict[str, Any]) -> None:
 
 def test_a_cube_loaded_from_its_snapshot_is_the_cube_its_records_build(tables: CubeTables, reads: list[int]) -> None:
     _fill(tables)
-    expected = _in_cube(tables, _look)
-    built = _in_cube(tables, lambda cube: cube.retriever(CONFIG).export_state())
+    expected = in_cube(tables, _look)
+    built = in_cube(tables, lambda cube: cube.retriever(CONFIG).export_state())
     _save(tables)
     reads.clear()
-    assert _in_cube(tables, _look) == expected
-    restored = _in_cube(tables, lambda cube: (cube.saved, cube.retriever(CONFIG).export_state()))
+    assert in_cube(tables, _look) == expected
+    restored = in_cube(tables, lambda cube: (cube.saved, cube.retriever(CONFIG).export_state()))
     assert reads == []  # no record was read
     assert restored[0]
     _equal_states(restored[1], built)
@@ -129,9 +108,9 @@ def test_a_memory_written_after_the_snapshot_voids_it(tables: CubeTables, reads:
         return loaded_saved, cube.saved  # a worker stopping now would store a new snapshot
 
     # loads from the snapshot, then writes: the snapshot's token goes in that commit
-    assert _in_cube(tables, change) == (True, False)
+    assert in_cube(tables, change) == (True, False)
     reads.clear()
-    top = _in_cube(tables, lambda cube: (cube.saved, cube.retriever(CONFIG).rank("zeppelin").top(1)))
+    top = in_cube(tables, lambda cube: (cube.saved, cube.retriever(CONFIG).rank("zeppelin").top(1)))
     assert reads  # built from the records
     assert top == (False, [("m5", pytest.approx(top[1][0][1]))])
 
@@ -148,19 +127,19 @@ def test_a_memory_written_before_the_first_query_is_in_the_retriever_now_and_aft
         cube.put(MemoryItem(id="new", memory="a zeppelin ride over the bay", metadata={"session_id": "s9"}))
         return cube.retriever(CONFIG).rank("zeppelin").top(1), cube.snapshot()
 
-    top, data = _in_cube(tables, add_then_look)
+    top, data = in_cube(tables, add_then_look)
     assert top[0][0] == "new"
     tables.put_snapshot(KEY, data)  # what the worker's stop stores
     reads.clear()
-    assert _in_cube(tables, lambda cube: cube.retriever(CONFIG).rank("zeppelin").top(1))[0][0] == "new"
+    assert in_cube(tables, lambda cube: cube.retriever(CONFIG).rank("zeppelin").top(1))[0][0] == "new"
     assert reads == []
 
     def add_only(cube: Cube) -> bytes:  # no query at all before the stop
         cube.put(MemoryItem(id="newer", memory="a balloon ride over the hills", metadata={"session_id": "s9"}))
         return cube.snapshot()
 
-    tables.put_snapshot(KEY, _in_cube(tables, add_only))
-    assert _in_cube(tables, lambda cube: cube.retriever(CONFIG).rank("balloon").top(1))[0][0] == "newer"
+    tables.put_snapshot(KEY, in_cube(tables, add_only))
+    assert in_cube(tables, lambda cube: cube.retriever(CONFIG).rank("balloon").top(1))[0][0] == "newer"
 
 
 def test_every_write_of_a_memory_deletes_the_token_in_its_transaction(tables: CubeTables) -> None:
@@ -181,9 +160,9 @@ def test_every_write_of_a_memory_deletes_the_token_in_its_transaction(tables: Cu
 def test_an_archived_memory_is_not_in_the_cube_loaded_next(tables: CubeTables, reads: list[int]) -> None:
     _fill(tables)
     _save(tables)
-    _in_cube(tables, lambda cube: cube.archive("m3"))
+    in_cube(tables, lambda cube: cube.archive("m3"))
     reads.clear()
-    assert _in_cube(tables, lambda cube: "m3" in cube.retriever(CONFIG) or "m3" in cube.entries) is False
+    assert in_cube(tables, lambda cube: "m3" in cube.retriever(CONFIG) or "m3" in cube.entries) is False
     assert reads
 
 
@@ -197,13 +176,13 @@ def test_uses_counted_after_the_snapshot_are_in_the_restored_cube(tables: CubeTa
         for memory_id in ("m1", "m2", "m2", "m7"):
             cube.record_use(memory_id)
 
-    _in_cube(tables, use)
+    in_cube(tables, use)
     reads.clear()
-    counts = _in_cube(tables, lambda cube: (cube.saved, {k: e.usage_count for k, e in cube.entries.items()}))
+    counts = in_cube(tables, lambda cube: (cube.saved, {k: e.usage_count for k, e in cube.entries.items()}))
     assert reads == []
     assert counts[0] and counts[1]["m1"] == 1 and counts[1]["m2"] == 2 and counts[1]["m7"] == 1
     assert sum(counts[1].values()) == 4
-    assert _in_cube(tables, lambda cube: cube.get("m2").usage_count) == 2
+    assert in_cube(tables, lambda cube: cube.get("m2").usage_count) == 2
 
 
 def test_a_rolled_back_write_leaves_the_snapshot(tables: CubeTables, reads: list[int]) -> None:
@@ -215,7 +194,7 @@ def test_a_rolled_back_write_leaves_the_snapshot(tables: CubeTables, reads: list
     cube.put(MemoryItem(id="new", memory="never committed"))
     txn.abort()
     reads.clear()
-    assert _in_cube(tables, lambda cube: (cube.saved, "new" in cube.entries)) == (True, False)
+    assert in_cube(tables, lambda cube: (cube.saved, "new" in cube.entries)) == (True, False)
     assert reads == []
 
 
@@ -223,19 +202,19 @@ def test_a_snapshot_of_other_code_or_of_another_cube_state_is_ignored(
     tables: CubeTables, reads: list[int], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     _fill(tables)
-    expected = _in_cube(tables, _look)
+    expected = in_cube(tables, _look)
     _save(tables)
     with monkeypatch.context() as patch:
         patch.setattr(snapshot, "code_digest", lambda: b"\0" * 16)
         reads.clear()
-        assert _in_cube(tables, _look) == expected
+        assert in_cube(tables, _look) == expected
         assert reads
     assert snapshot.decode(tables.env.write(lambda txn: tables.get_snapshot(txn, KEY)), 119) is None
     assert snapshot.decode(b"garbage", 120) is None
     damaged = tables.env.write(lambda txn: tables.get_snapshot(txn, KEY))[:-10]
     assert snapshot.decode(damaged, 120) is None
     reads.clear()
-    assert _in_cube(tables, _look) == expected  # the intact snapshot still serves
+    assert in_cube(tables, _look) == expected  # the intact snapshot still serves
     assert reads == []
 
 
@@ -244,7 +223,7 @@ def test_another_retrieval_config_builds_its_retriever_from_the_records(tables: 
     _save(tables)
     other = RetrievalConfig(exact_up_to=50, k1=1.5)
     reads.clear()
-    config = _in_cube(tables, lambda cube: cube.retriever(other).config)
+    config = in_cube(tables, lambda cube: cube.retriever(other).config)
     assert config == other
     assert reads  # read for the retriever, the entries came from the snapshot
 
