@@ -131,6 +131,10 @@ class WorkerConfig(Section):
     memory (memsched_grpc/snapshot.py): ~0.1 s against ~1 s for a 10k-memory cube. A snapshot takes ~1.5 KB a memory
     on disk (a 10k cube ~15 MB, in the shard's ``snapshots`` directory) and takes ~0.1 s to store. 0: no snapshots.
     The server waits this much longer for its workers to stop."""
+    preload_snapshots: bool = True
+    """After a start, a worker loads the cubes of its shards that have a valid snapshot while it is idle, one at a time
+    (a 10k-memory cube: ~0.1 s, which a message arriving meanwhile waits for at most), up to ``max_cached_cubes``: the
+    cubes held before a graceful stop are loaded before their first query asks."""
 
 
 class LimitsConfig(Section):

@@ -51,6 +51,13 @@ def text_fingerprint(text: str) -> bytes:
     return hashlib.blake2b(_SPACES.sub(" ", text.strip().lower()).encode(), digest_size=12).digest()
 
 
+def _valid_snapshot(
+    tables: CubeTables, txn: lmdb.Transaction, key: bytes, state: CubeState
+) -> snapshot.CubeSnapshot | None:
+    raw = tables.get_snapshot(txn, key)
+    return None if raw is None else snapshot.decode(raw, state.long_term_size + state.user_size)
+
+
 @dataclass(slots=True)
 class Entry:
     """What the worker keeps in memory per stored memory; the full item stays in LMDB."""
@@ -104,13 +111,37 @@ class Cube:
         capacities: MemoryCapacities,
         history_keep: int,
     ) -> Cube:
+        """The cube as stored: from its snapshot when it has a valid one, else built from its memory records."""
         key = keys.cube_key(user_id, mem_cube_id)
         state = tables.load_state(txn, key) or CubeState(user_id=user_id, mem_cube_id=mem_cube_id)
+        return cls._load(tables, txn, key, state, _valid_snapshot(tables, txn, key, state), capacities, history_keep)
+
+    @classmethod
+    def preload(
+        cls, tables: CubeTables, txn: lmdb.Transaction, key: bytes, capacities: MemoryCapacities, history_keep: int
+    ) -> Cube | None:
+        """The cube stored under ``key`` as load() gives it, if it has a valid snapshot; None otherwise (its memory
+        records are not read)."""
+        state = tables.load_state(txn, key)
+        saved = None if state is None else _valid_snapshot(tables, txn, key, state)
+        if state is None or saved is None:
+            return None
+        return cls._load(tables, txn, key, state, saved, capacities, history_keep)
+
+    @classmethod
+    def _load(
+        cls,
+        tables: CubeTables,
+        txn: lmdb.Transaction,
+        key: bytes,
+        state: CubeState,
+        saved: snapshot.CubeSnapshot | None,
+        capacities: MemoryCapacities,
+        history_keep: int,
+    ) -> Cube:
         cube = cls(tables, state, capacities, history_keep)
         stored = tables.load_usage(txn, key)
         tables.page_in_history(key)
-        raw = tables.get_snapshot(txn, key)
-        saved = None if raw is None else snapshot.decode(raw, state.long_term_size + state.user_size)
         if saved is not None:
             cube._restore(saved, stored)
         else:

@@ -30,7 +30,7 @@ from memsched_grpc.handlers import Handler, HandlerContext, build_registry
 from memsched_grpc.logging_setup import configure_logging
 from memsched_grpc.models import Message
 from memsched_grpc.store import keys
-from memsched_grpc.store.cubes import CubeTables
+from memsched_grpc.store.cubes import CubeTables, shard_path
 from memsched_grpc.store.shards import ShardSet
 
 log = logging.getLogger(__name__)
@@ -78,8 +78,16 @@ class Pending:
 
 class Worker:
     def __init__(
-        self, settings: Settings, tasks: TaskSource, results: ResultSink, current: Synchronized[int] | None = None
+        self,
+        settings: Settings,
+        tasks: TaskSource,
+        results: ResultSink,
+        current: Synchronized[int] | None = None,
+        index: int | None = None,
     ) -> None:
+        """``index``: the worker's place in the pool, which owns the shards whose number is ``index`` modulo the
+        pool's size (the dispatcher routes so); given, the worker loads those shards' snapshotted cubes while idle
+        (``workers.preload_snapshots``)."""
         self.settings = settings
         self.tasks = tasks
         self.results = results
@@ -97,6 +105,13 @@ class Worker:
         self._urgent: dict[bytes, int] = {}
         self._polled_at = 0.0
         self._last_prune: dict[int, float] = {}
+        self._preload: list[tuple[int, bytes]] = []
+        """(shard, cube key) of snapshotted cubes still to load while idle, the next one last."""
+        if index is not None and settings.workers.preload_snapshots:
+            size = settings.workers.count
+            for shard in range(self.shards.count):
+                if shard % size == index and shard_path(settings.storage.data_dir, shard).exists():
+                    self._preload.extend((shard, key) for key in reversed(self.shards.tables(shard).snapshot_keys()))
 
     # the loop
     def run(self) -> None:
@@ -113,12 +128,14 @@ class Worker:
         average. The worker collects when it has nothing to do instead (its results are in the pipe by then).
 
         Idle time also goes to placing large cubes' memories in their latent space, a step of
-        IDLE_PROJECT_CHUNK memories at a time between looks at the queue (see _unprojected)."""
+        IDLE_PROJECT_CHUNK memories at a time between looks at the queue (see _unprojected), and, after a start,
+        to loading the cubes that have a snapshot, one at a time (see _preload_one)."""
         wait = self._wait_time(timeout)
         collect = wait > 0 and gc.get_count()[0] >= IDLE_COLLECT_AFTER
         unprojected = self._unprojected() if wait > 0 and not collect else None
-        if unprojected is not None:
-            wait = 0.0  # a step of projection instead of waiting; the queue is looked at before and after it
+        preload = wait > 0 and not collect and unprojected is None and bool(self._preload)
+        if unprojected is not None or preload:
+            wait = 0.0  # a step of work instead of waiting; the queue is looked at before and after it
         if not self._receive(0.0 if collect else wait):
             self.stopping = True
             return False
@@ -126,8 +143,32 @@ class Worker:
             _collect_garbage()
         if unprojected is not None and not self._ready():
             unprojected.project_pending(IDLE_PROJECT_CHUNK)
+        if preload and not self._ready():
+            self._preload_one()
         self._process_ready()
         return True
+
+    def _preload_one(self) -> None:
+        """Load the next snapshotted cube not loaded yet, from its snapshot only (~0.1 s for 10k memories): a cube
+        held before a graceful stop is likely asked for again, and its first query then finds it loaded. A cube
+        whose snapshot went stale is left for its first message (a load from the records takes ~10x longer).
+        Stops at ``max_cached_cubes``."""
+        if len(self.cubes) >= self.settings.workers.max_cached_cubes:
+            self._preload.clear()
+            return
+        shard, cube_key = self._preload.pop()
+        if cube_key in self.cubes:
+            return
+        tables = self.shards.tables(shard)
+        with tables.env.env.begin() as txn:
+            cube = Cube.preload(
+                tables, txn, cube_key, self.settings.scheduler.capacities, self.settings.storage.history_per_cube
+            )
+        if cube is not None:
+            self.cubes[cube_key] = cube
+            self.cubes.move_to_end(cube_key, last=False)  # behind every cube a message asked for
+            log.debug("cube %r preloaded from its snapshot", cube_key)
+            gc.freeze()
 
     def _unprojected(self) -> Cube | None:
         """A loaded cube whose memories are not all placed in its latent space yet, for an idle step.
@@ -426,7 +467,7 @@ def worker_main(
         os.nice(settings.workers.nice)  # the server goes first (WorkerConfig.nice)
     gc.set_threshold(AUTOMATIC_COLLECT_AFTER, 10, 10)
     configure_logging(settings.log_level, settings.log_format, f"worker-{index}")
-    worker = Worker(settings, tasks, PipeSink(results), current)
+    worker = Worker(settings, tasks, PipeSink(results), current, index)
 
     def stop(signum: int, frame: Any) -> None:
         worker.stopping = True

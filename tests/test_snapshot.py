@@ -1,9 +1,12 @@
 """Cube snapshots (memsched_grpc/snapshot.py): a cube loaded from its snapshot is the cube its records build, and a
 snapshot counts for nothing once a write of the cube's memories was committed after it, or when other code wrote it.
-Over a real LMDB dir here; through a real server's graceful stop, restart and crash at the end."""
+Over a real LMDB dir here, in-process workers that load snapshotted cubes while idle, and a real server's graceful
+stop, restart and crash at the end."""
 
 from __future__ import annotations
 
+import queue
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -12,11 +15,13 @@ import yaml
 
 from memsched.v1 import scheduler_pb2
 from memsched_grpc import snapshot
+from memsched_grpc.config import Settings, StorageConfig, WorkerConfig
 from memsched_grpc.cube import Cube
 from memsched_grpc.models import MemoryCapacities, MemoryItem
 from memsched_grpc.retrieval.settings import RetrievalConfig
 from memsched_grpc.store import keys
 from memsched_grpc.store.cubes import CubeTables
+from memsched_grpc.worker import Worker
 from tests.conftest import in_cube, item
 
 TOPICS = ["hiking", "pottery", "guitar", "sourdough", "chess", "kayak", "violin", "garden"]
@@ -228,6 +233,59 @@ def test_another_retrieval_config_builds_its_retriever_from_the_records(tables: 
     assert reads  # read for the retriever, the entries came from the snapshot
 
 
+class _Results:
+    def __init__(self) -> None:
+        self.items: list[Any] = []
+
+    def put(self, obj: list[Any]) -> None:
+        self.items.extend(obj)
+
+
+def test_an_idle_worker_loads_the_snapshotted_cubes_of_its_shards(
+    tmp_path: Path, reads: list[int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After a start, a worker given its pool index loads its shards' cubes from their snapshots while idle, and
+    leaves alone a cube whose snapshot is stale and the shards of other workers."""
+    settings = Settings(storage=StorageConfig(data_dir=tmp_path, shards=2), workers=WorkerConfig(count=2))
+    for shard in (0, 1):
+        tables = CubeTables.open(tmp_path, shard, 64 << 20, True)
+        _fill(tables)
+        _save(tables)
+        tables.env.close()
+    expected = {}
+    for index in (0, 1):
+        worker = Worker(settings, queue.Queue(), _Results())  # no index: loads on demand only
+        tables = worker.shards.tables(index)
+        expected[index] = in_cube(tables, _look)
+        worker.close()
+    reads.clear()
+
+    worker = Worker(settings, queue.Queue(), _Results(), index=1)
+    for _ in range(3):
+        worker.run_once(0.01)
+    assert list(worker.cubes) == [KEY] and worker.cubes[KEY].saved and reads == []
+    assert sorted(worker.shards._tables) == [1]  # shard 0 belongs to worker 0: not even opened
+    tables = worker.shards.tables(1)
+
+    def look_at_the_preloaded(txn: Any) -> Any:
+        cube = worker.cubes[KEY]
+        cube.txn = txn
+        return _look(cube)
+
+    assert tables.env.write(look_at_the_preloaded) == expected[1]
+    worker.save_snapshots(0)  # a stop that stores nothing: the preloaded cube is saved as it is
+    worker.close()
+
+    with monkeypatch.context() as patch:
+        patch.setattr(snapshot, "code_digest", lambda: b"\0" * 16)  # shard 0's snapshot is of other code now
+        worker = Worker(settings, queue.Queue(), _Results(), index=0)
+        for _ in range(3):
+            worker.run_once(0.01)
+        assert not worker.cubes and reads == []  # left for its first message, which will load it from the records
+        worker.save_snapshots(0)
+        worker.close()
+
+
 def test_a_graceful_stop_saves_snapshots_and_a_crash_after_a_write_does_not_use_them(server_process: Any) -> None:
     """Through a real server: restarted after a graceful stop, it answers as a server without snapshots does, from
     its worker's snapshot; after an add and a kill -9, the cube loads from its records and holds the added memory."""
@@ -264,7 +322,7 @@ def test_a_graceful_stop_saves_snapshots_and_a_crash_after_a_write_does_not_use_
     assert not list(without.data_dir.glob("shards/*/snapshots/*.snap"))
     log = with_snapshots.tmp_path / "server.log"  # only the first server logs at DEBUG
     assert log.read_text().count("loaded from its records") == 1
-    assert log.read_text().count("loaded from its snapshot") == 1
+    assert log.read_text().count("from its snapshot") == 1  # loaded on demand or preloaded while idle
 
     client = with_snapshots.start()
     late = item(content="a zeppelin ride over the bay", item_id="late")
@@ -275,5 +333,5 @@ def test_a_graceful_stop_saves_snapshots_and_a_crash_after_a_write_does_not_use_
     client = with_snapshots.start()
     assert "a zeppelin ride over the bay" in ask(client, "zeppelin ride", "q3")
     client.close()
-    assert log.read_text().count("loaded from its snapshot") == 2  # the add's load; not the one after the kill
+    assert log.read_text().count("from its snapshot") == 2  # before the add; not after the kill
     assert log.read_text().count("loaded from its records") == 2

@@ -143,6 +143,11 @@ class CubeTables:
             return None
         return data[len(token) :] if data.startswith(as_bytes(token)) else None
 
+    def snapshot_keys(self) -> list[bytes]:
+        """The cubes with a stored snapshot (valid or not: get_snapshot and snapshot.decode tell)."""
+        with self.env.env.begin() as txn:
+            return [as_bytes(key) for key in txn.cursor(db=self._snapshot).iternext(values=False)]
+
     def put_snapshot(self, cube: bytes, data: bytes) -> None:
         """Store ``data`` as the cube's snapshot: the file first (written aside, synced, renamed over the last one),
         then its token, in a transaction of its own."""
