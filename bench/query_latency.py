@@ -20,7 +20,8 @@ the server meets its pages as after a restart). ``--rebuild`` builds it again.
 
 At the end the server stops gracefully (its workers store snapshots of the cubes they hold, memsched_grpc/snapshot.py;
 the stop is timed), the data dir is dropped from the page cache, and a server started on it is warmed up again: the
-warm-up after a graceful restart, against the first one's from the records.
+warm-up after a graceful restart, against the first one's from the records. Then once more, after ``--restart-pause``
+seconds of quiet, in which idle workers load their snapshotted cubes ahead of the queries (workers.preload_snapshots).
 
     python -m bench.query_latency [--cubes 100] [--items 10000] [--queries 300]
 """
@@ -266,6 +267,9 @@ def main() -> None:
     parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "memsched-bench-cache")
     parser.add_argument("--rebuild", action="store_true")
     parser.add_argument("--build-only", action="store_true", help="build (or find) the cached data dir and stop")
+    parser.add_argument(
+        "--restart-pause", type=float, default=30.0, help="seconds between the second restart and its warm-up"
+    )
     args = parser.parse_args()
     if args.queries // args.cubes * 2 + 2 > PROBES:
         parser.error(f"at most {PROBES // 2 - 1} timed queries per cube and phase")
@@ -303,12 +307,19 @@ def main() -> None:
             server.stop(timeout=120)
         snapshots = len(list((work / "data").glob("shards/*/snapshots/*.snap")))
         print(f"graceful stop: {time.perf_counter() - t0:.1f} s; {snapshots} cube snapshot files", flush=True)
-        drop_from_cache(work / "data")
-        server = Memsched(MemschedConfig(workers=args.workers, max_backlog=100_000), data_dir=work / "data")
-        try:
-            warm_up(server, args.cubes, "warm-up after a graceful restart (from the snapshots; page cache dropped)")
-        finally:
-            server.stop(timeout=120)
+        for pause in (0.0, args.restart_pause):
+            drop_from_cache(work / "data")
+            server = Memsched(MemschedConfig(workers=args.workers, max_backlog=100_000), data_dir=work / "data")
+            try:
+                time.sleep(pause)
+                warm_up(
+                    server,
+                    args.cubes,
+                    f"warm-up after a graceful restart and {pause:.0f} s of quiet (from the snapshots; page cache "
+                    "dropped; idle workers preload)",
+                )
+            finally:
+                server.stop(timeout=120)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print()
