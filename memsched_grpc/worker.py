@@ -86,8 +86,8 @@ class Worker:
         index: int | None = None,
     ) -> None:
         """``index``: the worker's place in the pool, which owns the shards whose number is ``index`` modulo the
-        pool's size (the dispatcher routes so); given, the worker loads those shards' snapshotted cubes while idle
-        (``workers.preload_snapshots``)."""
+        pool's size (the dispatcher routes so); given, the worker deletes those shards' stale snapshot files and loads
+        their snapshotted cubes while idle (``workers.preload_snapshots``)."""
         self.settings = settings
         self.tasks = tasks
         self.results = results
@@ -107,11 +107,14 @@ class Worker:
         self._last_prune: dict[int, float] = {}
         self._preload: list[tuple[int, bytes]] = []
         """(shard, cube key) of snapshotted cubes still to load while idle, the next one last."""
-        if index is not None and settings.workers.preload_snapshots:
+        if index is not None:
             size = settings.workers.count
             for shard in range(self.shards.count):
                 if shard % size == index and shard_path(settings.storage.data_dir, shard).exists():
-                    self._preload.extend((shard, key) for key in reversed(self.shards.tables(shard).snapshot_keys()))
+                    tables = self.shards.tables(shard)
+                    tables.remove_stale_snapshots()
+                    if settings.workers.preload_snapshots:
+                        self._preload.extend((shard, key) for key in reversed(tables.snapshot_keys()))
 
     # the loop
     def run(self) -> None:

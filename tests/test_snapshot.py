@@ -276,6 +276,15 @@ def test_an_idle_worker_loads_the_snapshotted_cubes_of_its_shards(
     worker.save_snapshots(0)  # a stop that stores nothing: the preloaded cube is saved as it is
     worker.close()
 
+    tables = CubeTables.open(tmp_path, 1, 64 << 20, True)
+    in_cube(tables, lambda cube: cube.archive("m1"))  # shard 1's token goes; its file stays, until its worker starts
+    (tables.env.path / "snapshots" / "interrupted.tmp").write_bytes(b"half a snapshot")
+    tables.env.close()
+    snapshots = {shard: tmp_path / "shards" / f"{shard:03d}" / "snapshots" for shard in (0, 1)}
+    assert len(list(snapshots[1].iterdir())) == 2
+    Worker(settings, queue.Queue(), _Results(), index=1).close()
+    assert not list(snapshots[1].iterdir()) and len(list(snapshots[0].iterdir())) == 1
+
     with monkeypatch.context() as patch:
         patch.setattr(snapshot, "code_digest", lambda: b"\0" * 16)  # shard 0's snapshot is of other code now
         worker = Worker(settings, queue.Queue(), _Results(), index=0)
@@ -284,6 +293,7 @@ def test_an_idle_worker_loads_the_snapshotted_cubes_of_its_shards(
         assert not worker.cubes and reads == []  # left for its first message, which will load it from the records
         worker.save_snapshots(0)
         worker.close()
+    assert len(list(snapshots[0].iterdir())) == 1  # a file with its token stays, whatever code reads it
 
 
 def test_a_graceful_stop_saves_snapshots_and_a_crash_after_a_write_does_not_use_them(server_process: Any) -> None:
