@@ -36,7 +36,7 @@ from memsched_grpc.retrieval.retriever import Retriever
 from memsched_grpc.retrieval.settings import RetrievalConfig
 from memsched_grpc.retrieval.tokenizer import tokenize
 from memsched_grpc.store import keys
-from memsched_grpc.store.cubes import USAGE_CHUNK, USAGE_DTYPE, CubeTables, usage_count
+from memsched_grpc.store.cubes import USAGE_CHUNK, USAGE_DTYPE, CubeTables, stored_count
 from memsched_grpc.term_index import TermIndex
 
 STORED_TYPES = (MemoryType.LONG_TERM, MemoryType.USER)
@@ -165,8 +165,7 @@ class Cube:
         self._saved_retriever = saved.retriever
         for entry in self.entries.values():
             if entry.sequence:
-                chunk, index = divmod(entry.sequence, USAGE_CHUNK)
-                entry.usage_count = usage_count(stored.get(chunk), index, entry.usage_count)
+                entry.usage_count = stored_count(stored, entry.sequence, entry.usage_count)
         self.saved = True
 
     def _memories_changed(self) -> None:

@@ -79,7 +79,7 @@ class CubeTables:
         if item is not None and item.sequence:
             chunk, index = divmod(item.sequence, USAGE_CHUNK)
             counts = txn.get(keys.usage_key(cube, chunk), db=self._usage)
-            item.usage_count = usage_count(None if counts is None else as_bytes(counts), index, item.usage_count)
+            item.usage_count = _count(None if counts is None else as_bytes(counts), index, item.usage_count)
         return item
 
     def memory_record(
@@ -112,8 +112,7 @@ class CubeTables:
         for raw in _values_with_prefix(txn, self._memory, keys.memory_prefix(cube, memory_type)):
             item = MemoryItem.model_validate_json(raw)
             if item.sequence:
-                chunk, index = divmod(item.sequence, USAGE_CHUNK)
-                item.usage_count = usage_count(usage.get(chunk), index, item.usage_count)
+                item.usage_count = stored_count(usage, item.sequence, item.usage_count)
             yield item
 
     def archive_memory(self, txn: lmdb.Transaction, cube: bytes, item: MemoryItem) -> None:
@@ -313,7 +312,13 @@ class CubeTables:
                 break
 
 
-def usage_count(counts: bytes | None, index: int, recorded: int) -> int:
+def stored_count(usage: dict[int, bytes], sequence: int, recorded: int) -> int:
+    """The use count of memory ``sequence`` in a cube's arrays (load_usage), or ``recorded`` where they do not reach."""
+    chunk, index = divmod(sequence, USAGE_CHUNK)
+    return _count(usage.get(chunk), index, recorded)
+
+
+def _count(counts: bytes | None, index: int, recorded: int) -> int:
     """A memory's use count from its chunk's array, or ``recorded`` (its record's) where the array does not reach."""
     size = USAGE_DTYPE.itemsize
     if counts is None or size * (index + 1) > len(counts):
