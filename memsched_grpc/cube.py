@@ -169,8 +169,10 @@ class Cube:
         self.saved = True
 
     def _memories_changed(self) -> None:
-        """The stored snapshot is stale now, and so is a saved retriever state not restored yet (retriever() builds
-        from the records instead, and the next snapshot holds none)."""
+        """What was read or saved of the memories is stale now: the load's records, the stored snapshot and a saved
+        retriever state not restored yet (retriever() builds from the records instead, and the next snapshot holds
+        none)."""
+        self._loaded = None
         self.saved = False
         self._saved_retriever = None
 
@@ -314,7 +316,6 @@ class Cube:
         item = self.get(memory_id)
         if item is None:
             return None
-        self._loaded = None
         self._memories_changed()
         entry = self.entries.pop(memory_id)
         self.by_fingerprint.pop(entry.fingerprint, None)
@@ -411,7 +412,6 @@ class Cube:
         return cached[1]
 
     def _remember(self, item: MemoryItem, known_tokens: list[str] | None = None) -> None:
-        self._loaded = None
         self._memories_changed()
         fingerprint = text_fingerprint(item.memory)
         old = self.entries.get(item.id)

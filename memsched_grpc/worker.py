@@ -112,9 +112,10 @@ class Worker:
             for shard in range(self.shards.count):
                 if shard % size == index and shard_path(settings.storage.data_dir, shard).exists():
                     tables = self.shards.tables(shard)
-                    tables.remove_stale_snapshots()
+                    snapshotted = tables.snapshot_keys()
+                    tables.remove_stale_snapshots(snapshotted)
                     if settings.workers.preload_snapshots:
-                        self._preload.extend((shard, key) for key in reversed(tables.snapshot_keys()))
+                        self._preload.extend((shard, key) for key in reversed(snapshotted))
 
     # the loop
     def run(self) -> None:

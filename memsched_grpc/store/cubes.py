@@ -147,14 +147,15 @@ class CubeTables:
         with self.env.env.begin() as txn:
             return [as_bytes(key) for key in txn.cursor(db=self._snapshot).iternext(values=False)]
 
-    def remove_stale_snapshots(self) -> int:
-        """Delete the snapshot files that no token names (their cube was written since, or the stop that wrote them
-        was cut short before the token) and leftovers of interrupted writes; returns how many. Only the shard's
-        worker may call it: it writes the files, and between a file and its token the file has none."""
+    def remove_stale_snapshots(self, keys: list[bytes]) -> int:
+        """Delete the snapshot files that no token names (``keys``: snapshot_keys(); their cube was written since, or
+        the stop that wrote them was cut short before the token) and leftovers of interrupted writes; returns how
+        many. Only the shard's worker may call it: it writes the files, and between a file and its token the file has
+        none."""
         directory = self.env.path / "snapshots"
         if not directory.is_dir():
             return 0
-        live = {self._snapshot_path(key).name for key in self.snapshot_keys()}
+        live = {self._snapshot_path(key).name for key in keys}
         removed = 0
         for path in directory.iterdir():
             if path.name not in live:
